@@ -24,7 +24,7 @@ class DomainSpec(Model):
         "", description="'' = this node's own domain; 'partner' = a peer known by its certificate"
     )
     cert: str = Field("", description="PEM certificate of the domain (pinned for peers)")
-    interconn_protocols: list[Literal["accord", "kuscia", "bfia"]] = Field(default_factory=lambda: ["accord"])
+    interconn_protocols: list[InterconnProtocol] = Field(default_factory=_default_protocols)
     master: str = ""
 
 
