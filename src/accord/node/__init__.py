@@ -1,1 +1,1 @@
-"""accord.node"""
+"""The node daemon: one process per domain hosting the store, controllers, API and gateway modules."""
