@@ -32,7 +32,7 @@ def matches(obj: AnyResource, selector: Selector | None, domain: str | None) -> 
 
 
 def stamp_created(obj: R, revision: int, now: datetime) -> R:
-    """A copy of `obj` as the store will hold it after create."""
+    """A deep copy of `obj` as the store will hold it after create (shares nothing with the caller's)."""
     meta = obj.meta.model_copy(
         update={
             "uid": obj.meta.uid or str(uuid.uuid4()),
@@ -40,13 +40,14 @@ def stamp_created(obj: R, revision: int, now: datetime) -> R:
             "generation": 1,
             "created_at": now,
             "updated_at": now,
-        }
+        },
+        deep=True,
     )
-    return obj.model_copy(update={"meta": meta})
+    return obj.model_copy(update={"meta": meta}, deep=True)
 
 
 def stamp_updated(current: AnyResource, obj: R, revision: int, now: datetime) -> R:
-    """A copy of `obj` as the store will hold it after update (identity fields from `current`)."""
+    """A deep copy of `obj` as the store will hold it after update (identity fields from `current`)."""
     spec_changed = current.spec.model_dump(mode="json") != obj.spec.model_dump(mode="json")
     meta = ObjectMeta(
         name=current.meta.name,
@@ -59,7 +60,7 @@ def stamp_updated(current: AnyResource, obj: R, revision: int, now: datetime) ->
         created_at=current.meta.created_at,
         updated_at=now,
     )
-    return obj.model_copy(update={"meta": meta})
+    return obj.model_copy(update={"meta": meta}, deep=True)
 
 
 def normalise_details(details: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,8 @@ A single asyncio lock serialises writes, which is what a transaction gives the S
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import bisect
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 
 from accord.errors import Gone, already_exists, not_found, stale_version
@@ -134,7 +135,7 @@ class MemoryStore:
                     f"watch from revision {since} is too old: history starts at "
                     f"{self._events[0].revision}; list again and watch from the current revision"
                 )
-            pending = [e for e in self._events if e.revision > last]
+            pending = self._events_after(last)
             for event in pending:
                 last = event.revision
                 if kind is not None and event.kind != kind:
@@ -143,12 +144,16 @@ class MemoryStore:
                     continue
                 yield event
             async with self._changed:
-                if not [e for e in self._events if e.revision > last] and not self._closed:
+                if not self._events_after(last) and not self._closed:
                     await self._changed.wait()
 
     async def close(self) -> None:
         self._closed = True
         await self._notify()
+
+    def _events_after(self, revision: int) -> Sequence[WatchEvent]:
+        """Events newer than `revision` (the list is in revision order, so a bisect finds them)."""
+        return self._events[bisect.bisect_right(self._events, revision, key=lambda e: e.revision) :]
 
     # -- internals (called with the lock held) --------------------------------------------------
 
