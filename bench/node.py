@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.nodes import NodeProcess, eventually  # noqa: E402
+from tests.nodes import NodeProcess, eventually
 
 
 def rss_mb(pid: int) -> float:

@@ -11,7 +11,6 @@ from accord.names import check_dns_label
 from accord.resources.meta import Model, Resource
 from accord.resources.phases import RoutePhase
 
-
 InterconnProtocol = Literal["accord", "kuscia", "bfia"]
 
 
