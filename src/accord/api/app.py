@@ -13,7 +13,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 import accord
-from accord.api import node, resources, tasks, watch
+from accord.api import data, node, resources, tasks, watch
 from accord.api.auth import require_node_token
 from accord.api.errors import install_error_handlers
 from accord.api.streams import StreamCloser
@@ -45,6 +45,7 @@ def create_app(
     app.include_router(node.build_public_router(settings))
     app.include_router(node.build_router(services), dependencies=authenticated)
     app.include_router(resources.build_router(services), dependencies=authenticated)
+    app.include_router(data.build_router(services.data), dependencies=authenticated)
     app.include_router(
         watch.build_router(services, closer, heartbeat_seconds=watch_heartbeat_seconds),
         dependencies=authenticated,

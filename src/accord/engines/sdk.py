@@ -248,3 +248,31 @@ def report_progress(progress: float, message: str = "", context: TaskContext | N
 def write_result(name: str, data: Any, context: TaskContext | None = None) -> Path:
     """Module-level shortcut: write a result file into the work dir of the current engine."""
     return (context or TaskContext.from_env()).write_result(name, data)
+
+
+# Data access through the node's DataMesh lives in `accord.engines.dataio` (it needs pyarrow). It is
+# re-exported here lazily, so engines that never touch data (hello) do not pay pyarrow's import time.
+_DATAIO_NAMES = frozenset(
+    {
+        "DataMeshClient",
+        "OutputWriter",
+        "DataMeshError",
+        "DataAccessDenied",
+        "DataNotFound",
+        "DataAlreadyExists",
+        "InvalidData",
+        "DataMeshUnauthenticated",
+        "DataMeshUnreachable",
+        "read_table",
+        "read_all",
+        "write_table",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DATAIO_NAMES:
+        from accord.engines import dataio
+
+        return getattr(dataio, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

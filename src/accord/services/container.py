@@ -18,6 +18,7 @@ from typing import Any
 
 import accord
 from accord.services.audit import AuditService
+from accord.services.data import DataService
 from accord.services.logs import LogService
 from accord.services.resources import ResourceService, Validator
 from accord.settings import NodeSettings
@@ -33,6 +34,7 @@ class Services:
     resources: ResourceService
     audit: AuditService
     logs: LogService
+    data: DataService
     node_info_source: NodeInfoSource | None = field(default=None)
 
     @classmethod
@@ -51,6 +53,7 @@ class Services:
             resources=ResourceService(store, settings, validators),
             audit=AuditService(store),
             logs=LogService(store, settings, poll_seconds=log_poll_seconds),
+            data=DataService(store, settings),
             node_info_source=node_info,
         )
 
