@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 import accord
-from accord.cli import audit, data, logs, node, resources, watch
+from accord.cli import audit, data, domain, logs, node, resources, route, watch
 
 app = typer.Typer(
     name="accord",
@@ -50,11 +50,8 @@ app.command()(watch.watch)
 app.command()(logs.logs)
 app.add_typer(audit.app, name="audit")
 app.add_typer(data.app, name="data")
-# `accord domain ...` and `accord route ...` (the gateway engineer's cli/domain.py and cli/route.py) are
-# wired below once those modules exist:
-#   from accord.cli import domain, route
-#   app.add_typer(domain.app, name="domain")
-#   app.add_typer(route.app, name="route")
+app.add_typer(domain.app, name="domain")
+app.add_typer(route.app, name="route")
 
 
 def main() -> None:

@@ -179,8 +179,11 @@ class WorkQueue(Generic[K]):
                 failures = 0
                 if outcome.kind is OutcomeKind.RETRY:
                     if key not in self._dirty:
+                        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                        # that arrives as the wait ends, which would hang aclose().
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(wake.wait(), timeout=outcome.delay)
+                            async with asyncio.timeout(outcome.delay):
+                                await wake.wait()
                     continue
                 if outcome.kind is OutcomeKind.FAILED:
                     log.warning("%s: %s gave up: %s", self._name, key, outcome.reason)
