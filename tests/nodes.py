@@ -7,26 +7,56 @@ the tests exercise the real daemon, store, API and controllers; `kill()` sends S
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from accord.client import AccordClient
+from accord.errors import AlreadyExists
 from accord.node.bootstrap import init_node_dir
 
 ACCORD = str(Path(sys.executable).with_name("accord"))
 T = TypeVar("T")
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free loopback port that this test process has not handed out before.
+
+    Chosen below the kernel's ephemeral range (where a node's own `bind(0)` sockets land), so a port picked
+    here for one node's gateway cannot be taken by another node's interop or DataMesh socket first.
+    """
+    low, _ = _ephemeral_range()
+    for _ in range(1000):
+        port = random.randrange(15000, max(15001, low))
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:  # pragma: no cover - a machine with no free port below the range
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def eventually(fn: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.1, what: str = "") -> T:
@@ -45,7 +75,9 @@ def eventually(fn: Callable[[], T], *, timeout: float = 30.0, interval: float = 
 
 
 class NodeProcess:
-    def __init__(self, directory: Path, domain: str, *, store_url: str = "") -> None:
+    def __init__(
+        self, directory: Path, domain: str, *, store_url: str = "", settings: Mapping[str, Any] | None = None
+    ) -> None:
         self.dir = directory
         self.domain = domain
         self.settings = init_node_dir(
@@ -56,6 +88,9 @@ class NodeProcess:
             egress_port=free_port(),
             datamesh_port=free_port(),
         )
+        if settings:  # e.g. {"enable_approval": True}: rewrite accord.toml with the overrides
+            self.settings = self.settings.model_copy(update=dict(settings))
+            (directory / "accord.toml").write_text(self.settings.to_toml())
         if store_url:
             with (directory / "accord.toml").open("a") as f:
                 f.write(f'store_url = "{store_url}"\n')
@@ -123,3 +158,46 @@ class NodeProcess:
         return subprocess.run(
             [ACCORD, *args], env=env, text=True, capture_output=True, input=input, timeout=60
         )
+
+
+def connect(*nodes: NodeProcess, timeout: float = 30.0) -> None:
+    """Make every node a partner of every other: pin certificates, create routes both ways, wait for Ready.
+
+    What two administrators do with `accord domain add` and `accord route add`; idempotent.
+    """
+    for a in nodes:
+        for b in nodes:
+            if a is b:
+                continue
+            cert = (b.dir / "domain.crt").read_text()
+            doc = {"kind": "Domain", "meta": {"name": b.domain}, "spec": {"role": "partner", "cert": cert}}
+            try:
+                a.client.create(doc)
+            except AlreadyExists:
+                pass
+    for a in nodes:
+        for b in nodes:
+            if a is b:
+                continue
+            route = {
+                "kind": "DomainRoute",
+                "meta": {"name": f"{a.domain}-{b.domain}"},
+                "spec": {
+                    "source": a.domain,
+                    "destination": b.domain,
+                    "endpoint": f"https://127.0.0.1:{b.settings.gateway_port}",
+                },
+            }
+            try:
+                a.client.create(route)
+            except AlreadyExists:
+                pass
+    for a in nodes:
+        for b in nodes:
+            if a is not b:
+                name = f"{a.domain}-{b.domain}"
+                eventually(
+                    lambda a=a, name=name: a.client.get("DomainRoute", name)["status"]["phase"] == "Ready",
+                    timeout=timeout,
+                    what=f"route {name} to become Ready",
+                )

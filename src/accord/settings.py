@@ -50,6 +50,9 @@ class NodeSettings(BaseModel):
         10.0, gt=0, description="graceful stop budget before tasks are cancelled"
     )
     task_timeout_seconds: int = Field(300, ge=1, description="default task lifecycle timeout")
+    route_probe_seconds: float = Field(
+        15.0, gt=0, description="interval of route health probes (handshake) to each peer"
+    )
     watch_poll_seconds: float = Field(
         0.2, gt=0, description="store watch poll interval when no local write wakes it"
     )

@@ -100,15 +100,18 @@ def test_stale_resource_version_is_refused(node: NodeProcess) -> None:
     assert client.get("AppImage", "img")["spec"]["command"] == ["/bin/echo", "one"]
 
 
-def test_start_reports_port_in_use(tmp_path: Path) -> None:
+@pytest.mark.parametrize("port", ["api_port", "gateway_port", "egress_port"])
+def test_start_reports_port_in_use(tmp_path: Path, port: str) -> None:
     n = NodeProcess(tmp_path / "bob", "bob")
+    taken = getattr(n.settings, port)
     with socket.socket() as blocker:
-        blocker.bind(("127.0.0.1", n.settings.api_port))
+        blocker.bind(("127.0.0.1", taken))
         blocker.listen(1)
         n.start(wait=False)
         assert n.proc is not None
         assert n.proc.wait(timeout=30) == 5
-    assert f"127.0.0.1:{n.settings.api_port}" in n.log_tail()
+    assert str(taken) in n.log_tail()
+    assert "in use" in n.log_tail()
 
 
 def test_commands_without_a_node_dir_say_how_to_fix(tmp_path: Path) -> None:

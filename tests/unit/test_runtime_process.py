@@ -1,7 +1,14 @@
-"""RunP (ProcessRuntime) with real child processes, and the pure engine-contract helpers it uses."""
+"""RunP (ProcessRuntime) with real child processes, and the pure helpers it uses (engine contract, limits,
+the node-side task-dir file rules).
+
+Every runtime test runs twice: with the isolation this machine allows (bubblewrap + cgroups here) and
+with bubblewrap switched off (plain processes, cgroups/prlimit only), so both paths of RunP keep the same
+behaviour.  The sandbox's own promises are tested in tests/integration/test_runtime_sandbox.py.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,11 +21,11 @@ from typing import Any
 import pytest
 
 from accord.errors import ErrorCode, InvalidArgument
-from accord.resources.appimage import AppImage, AppImageSpec, AppPort
+from accord.resources.appimage import AppImage, AppImageSpec, AppPort, ResourceNeeds
 from accord.resources.job import AllocatedPort, Party
 from accord.resources.meta import ObjectMeta
 from accord.runtimes import launcher
-from accord.runtimes.base import EngineState, LaunchSpec, Runtime
+from accord.runtimes.base import EngineState, EngineStatus, LaunchSpec, Runtime
 from accord.runtimes.builtin import builtin_appimages
 from accord.runtimes.contract import (
     allocated_ports_document,
@@ -31,7 +38,10 @@ from accord.runtimes.contract import (
     service_name,
     token_sha256,
 )
-from accord.runtimes.process import ProcessRuntime, log_tail
+from accord.runtimes.limits import DEFAULT_LIMITS, EngineLimits, limits_for, parse_cpu, parse_memory
+from accord.runtimes.process import RUN_DIR, ProcessRuntime, log_tail
+from accord.runtimes.sandbox import detect_isolation
+from accord.runtimes.taskfiles import bridge_env, open_log, read_json, reset_task_dir, safe_read_only_paths
 from accord.settings import NodeSettings
 
 LIMIT = 20.0
@@ -74,14 +84,18 @@ def settings(tmp_path: Path) -> NodeSettings:
     return NodeSettings(domain="alice", dir=tmp_path, api_port=free_port())
 
 
-@pytest.fixture
-async def runtime(settings: NodeSettings) -> AsyncIterator[ProcessRuntime]:
-    rt = ProcessRuntime(settings)
+@pytest.fixture(params=["detected", "no-bwrap"])
+async def runtime(request: pytest.FixtureRequest, settings: NodeSettings) -> AsyncIterator[ProcessRuntime]:
+    iso = detect_isolation()
+    if request.param == "no-bwrap":
+        iso = dataclasses.replace(iso, bwrap=None, bwrap_problem="bwrap switched off for this test")
+    rt = ProcessRuntime(settings, isolation=iso)
     try:
         yield rt
     finally:
         for task in await rt.running_tasks():
             await rt.stop(task, grace=0.5)
+        await rt.close()
 
 
 # -- the pure contract ------------------------------------------------------------------------------
@@ -163,8 +177,7 @@ def test_config_mount_must_name_a_template(tmp_path: Path) -> None:
 
 
 def test_builtin_hello_appimage_runs_the_given_python() -> None:
-    (hello,) = builtin_appimages("/opt/py/bin/python3")
-    assert hello.meta.name == "hello"
+    hello = next(image for image in builtin_appimages("/opt/py/bin/python3") if image.meta.name == "hello")
     assert hello.spec.command == ["/opt/py/bin/python3", "-m", "accord.engines.hello"]
     assert hello.meta.labels["accord/builtin"] == "true"
 
@@ -181,7 +194,16 @@ def test_log_tail_keeps_the_last_lines(tmp_path: Path) -> None:
 
 async def test_runtime_satisfies_the_protocol(runtime: ProcessRuntime) -> None:
     assert isinstance(runtime, Runtime)
-    assert "no sandbox" in runtime.isolation()
+    text = runtime.isolation()
+    iso = detect_isolation()
+    if runtime._isolation().sandboxed:
+        assert text.startswith(f"bwrap {iso.bwrap_version} (read-only root, node dir hidden")
+    else:
+        assert text.startswith("no sandbox (")
+    assert iso.cgroups.describe() in text
+    assert text.endswith("engine limits by default: memory 2 GiB, 2 CPUs, 1024 processes, 4096 open files")
+    if iso.as_root and not runtime._isolation().sandboxed:  # which uid engines get is always said
+        assert "engines run as ROOT: uid 65534 cannot reach" in text or "engines run as uid 65534" in text
 
 
 async def test_engine_gets_the_contract_env_and_nothing_of_the_node(
@@ -314,7 +336,7 @@ async def test_uid_mismatch_means_not_started(runtime: ProcessRuntime) -> None:
 async def test_reused_pid_is_not_mistaken_for_the_engine(runtime: ProcessRuntime) -> None:
     image = app("sleeper", "import time; time.sleep(600)")
     started = await runtime.start(launch("t-reuse", image))
-    marker_path = runtime.work_dir("t-reuse") / launcher.PROCESS_FILE
+    marker_path = runtime.work_dir("t-reuse") / RUN_DIR / launcher.PROCESS_FILE
     marker = json.loads(marker_path.read_text())
     assert marker["pid"] == started.pid
     # Same pid, different start time: what a pid reused by another process looks like.
@@ -322,8 +344,12 @@ async def test_reused_pid_is_not_mistaken_for_the_engine(runtime: ProcessRuntime
     status = await runtime.poll("t-reuse")
     assert status.state is EngineState.LOST
     assert "engine lost while the node was down" in status.describe()
+    # A lost engine's remains are removed (its cgroups killed): with the true record back, the launcher
+    # is recognised again and reports what became of the engine.
     launcher.write_json_atomic(marker_path, marker)
-    assert (await runtime.poll("t-reuse")).state is EngineState.RUNNING
+    assert (await runtime.poll("t-reuse")).state in (EngineState.RUNNING, EngineState.EXITED)
+    final = await runtime.stop("t-reuse", grace=LIMIT)
+    assert final.state is EngineState.EXITED, final
 
 
 async def test_dead_launcher_without_exit_file_is_lost(runtime: ProcessRuntime) -> None:
@@ -354,3 +380,106 @@ async def test_task_names_must_be_dns_labels(runtime: ProcessRuntime) -> None:
 
 def test_token_hash_is_sha256_hex() -> None:
     assert token_sha256("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+# -- exit reasons, limits and the node-side file rules ------------------------------------------------------
+
+
+def test_a_crash_reads_differently_from_a_failure() -> None:
+    failed = EngineStatus(EngineState.EXITED, exit_code=3, detail="cannot read input")
+    assert failed.describe() == "engine exited with code 3: cannot read input" and not failed.crashed
+    segv = EngineStatus(EngineState.EXITED, signal=signal.SIGSEGV)
+    assert segv.describe() == "engine crashed (killed by signal SIGSEGV)" and segv.crashed
+    oom = EngineStatus(
+        EngineState.EXITED, signal=signal.SIGKILL, oom_killed=True, memory_limit_bytes=64 << 20
+    )
+    assert oom.describe() == "engine killed: memory limit 64 MiB exceeded" and oom.crashed
+    assert not oom.succeeded
+
+
+def test_quantities_follow_kubernetes() -> None:
+    assert parse_memory("2Gi") == 2 << 30 and parse_memory("512Mi") == 512 << 20
+    assert parse_memory("1G") == 10**9 and parse_memory("1e9") == 10**9 and parse_memory("4096") == 4096
+    assert parse_cpu("500m") == 0.5 and parse_cpu("2") == 2.0 and parse_cpu("0.25") == 0.25
+    for bad in ("", "lots", "2Gb", "-1Gi", "0"):
+        with pytest.raises(ValueError):
+            parse_memory(bad)
+    with pytest.raises(ValueError, match="unknown unit"):
+        parse_cpu("2cores")
+
+
+def test_appimage_resources_override_the_defaults_and_bad_ones_are_named() -> None:
+    limits = limits_for(ResourceNeeds(memory="64Mi"), DEFAULT_LIMITS, "hog")
+    assert limits == dataclasses.replace(DEFAULT_LIMITS, memory_bytes=64 << 20)
+    assert limits_for(ResourceNeeds(), DEFAULT_LIMITS, "x") == DEFAULT_LIMITS
+    assert EngineLimits(None, None, None, None).describe() == (
+        "memory unlimited, CPU unlimited, processes unlimited, open files unlimited"
+    )
+    with pytest.raises(InvalidArgument, match=r"AppImage 'hog': spec.resources: cpu 'fast'") as err:
+        limits_for(ResourceNeeds(cpu="fast"), DEFAULT_LIMITS, "hog")
+    assert err.value.code == ErrorCode.APPIMAGE_INVALID
+
+
+def test_bridge_env_points_node_services_at_the_sandbox_loopback() -> None:
+    env = {
+        "ACCORD_NODE_API": "http://localhost:8082",
+        "ACCORD_EGRESS": "http://127.0.0.1:8081",
+        "ACCORD_DATAMESH": "grpc+tcp://127.0.0.1:8071",
+        "OTHER": "http://127.0.0.1:9999",
+    }
+    inside, targets = bridge_env(env)
+    assert targets == {
+        "api": ("127.0.0.1", 8082),
+        "egress": ("127.0.0.1", 8081),
+        "datamesh": ("127.0.0.1", 8071),
+    }
+    assert inside["ACCORD_NODE_API"] == "http://127.0.0.1:8082"
+    assert inside["ACCORD_DATAMESH"] == "grpc+tcp://127.0.0.1:8071" and inside["OTHER"] == env["OTHER"]
+    # Not URLs with a port, or a port the unprivileged shim cannot listen on: left alone, not bridged.
+    inside, targets = bridge_env({"ACCORD_NODE_API": "http://127.0.0.1:80", "ACCORD_EGRESS": "nonsense"})
+    assert targets == {} and inside["ACCORD_NODE_API"] == "http://127.0.0.1:80"
+
+
+def test_reset_task_dir_removes_planted_links_without_following_them(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    task = tmp_path / "task"
+    (task / "nested").mkdir(parents=True)
+    (task / "kuscia").symlink_to(outside)  # a render into kuscia/ would land outside
+    (task / "nested" / "link").symlink_to(outside / "precious")
+    (task / "engine.log").symlink_to(outside / "precious")  # not the node's own log file: removed
+    os.mkfifo(task / "fifo")
+    reset_task_dir(task, keep={"engine.log"})
+    assert list(task.iterdir()) == [] and (outside / "precious").read_text() == "keep me"
+    fd = open_log(task / "engine.log")
+    os.write(fd, b"run 1\n")
+    os.close(fd)
+    reset_task_dir(task, keep={"engine.log"})
+    assert (task / "engine.log").read_text() == "run 1\n"  # the node's own log is kept across runs
+
+
+def test_node_side_reads_refuse_links_and_fifos(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"key": "domain private key"}')
+    (tmp_path / "link.json").symlink_to(secret)
+    assert read_json(secret) == {"key": "domain private key"}
+    assert read_json(tmp_path / "link.json") is None
+    (tmp_path / "engine.log").symlink_to(secret)
+    assert log_tail(tmp_path / "engine.log") == ""
+    with pytest.raises(OSError):
+        open_log(tmp_path / "engine.log")
+    os.mkfifo(tmp_path / "fifo.log")
+    assert log_tail(tmp_path / "fifo.log") == "" and read_json(tmp_path / "fifo.log") is None
+    log = tmp_path / "real.log"
+    log.write_text("starting\nboom\naccord sandbox: engine exited with code 3\n")
+    assert log_tail(log) == "starting | boom"  # the supervisor's closing line repeats the status
+
+
+def test_read_only_paths_never_expose_the_node_dir_or_a_whole_home(tmp_path: Path) -> None:
+    node = tmp_path / "node"
+    (node / "tasks").mkdir(parents=True)
+    venv = tmp_path / "engines" / "spu-0.9.5"
+    venv.mkdir(parents=True)
+    paths = [venv, node, node / "tasks", Path.home(), Path("/"), tmp_path / "missing", venv]
+    assert safe_read_only_paths(paths, node) == [venv.resolve()]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 
 import accord
-from accord.api import data, node, resources, tasks, watch
+from accord.api import data, jobs, kuscia_jobs, node, resources, tasks, watch
 from accord.api.auth import require_node_token
 from accord.api.errors import install_error_handlers
 from accord.api.streams import StreamCloser
@@ -52,6 +52,12 @@ def create_app(
     )
     app.include_router(tasks.build_logs_router(services, closer), dependencies=authenticated)
     app.include_router(tasks.build_report_router(services))
+    # Jobs: native commands (/v1/jobs/...) and KusciaAPI's job routes (/api/v1/job/...).
+    app.include_router(jobs.build_router(services), dependencies=authenticated)
+    app.include_router(
+        kuscia_jobs.build_router(services, closer, heartbeat_seconds=watch_heartbeat_seconds),
+        dependencies=authenticated,
+    )
     return app
 
 

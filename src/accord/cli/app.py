@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 import accord
-from accord.cli import audit, data, domain, logs, node, resources, route, watch
+from accord.cli import audit, data, domain, job, logs, node, resources, route, watch
 
 app = typer.Typer(
     name="accord",
@@ -49,9 +49,10 @@ app.command()(resources.delete)
 app.command()(watch.watch)
 app.command()(logs.logs)
 app.add_typer(audit.app, name="audit")
-app.add_typer(data.app, name="data")
 app.add_typer(domain.app, name="domain")
 app.add_typer(route.app, name="route")
+app.add_typer(data.app, name="data")
+app.add_typer(job.app, name="job")
 
 
 def main() -> None:

@@ -532,10 +532,15 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """gRPC binds with SO_REUSEPORT and would share a taken port silently; a plain bind tells."""
+    """gRPC binds with SO_REUSEPORT and would share a taken port silently; a plain bind tells.
+
+    SO_REUSEADDR (as every listener sets) so that connections of a killed node still in TIME_WAIT do not
+    count as "in use": only another listening socket does."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
+            probe.listen(1)
         except OSError as exc:
             raise OSError(
                 f"cannot listen on {host}:{port} for DataMesh (Arrow Flight): {exc.strerror}"

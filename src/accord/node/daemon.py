@@ -15,6 +15,7 @@ Lifecycle (Temporal's worker and kopf's `run_tasks` are the models):
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -26,11 +27,20 @@ from typing import Any
 
 import accord
 from accord.api.app import create_app
+from accord.controllers.inbox import Inbox
 from accord.controllers.job import JobController
 from accord.controllers.manager import ControllerManager
+from accord.controllers.route import RouteController
 from accord.controllers.task import TaskController
+from accord.datamesh.flight import DataMeshService
+from accord.datamesh.registry import ensure_default_source
+from accord.datamesh.wire import TaskGrant
 from accord.errors import AccordError
+from accord.gateway import ANY_PEER, Gateway, ServiceRegistry
+from accord.interop.client import CONTROL_SERVICE, PeerClient
+from accord.interop.server import build_interop_app
 from accord.node.bootstrap import read_token
+from accord.node.datamesh_access import resolve_task_token
 from accord.node.exit_codes import HELP, ExitCode
 from accord.node.modules import ApiModule, CallableModule, Module, PortInUse, bind_socket
 from accord.node.seed import seed_store
@@ -52,6 +62,7 @@ class NodeState:
     modules: dict[str, str] = field(default_factory=dict)
     isolation: str = ""
     api_port: int = 0
+    gateway: Gateway | None = None
 
     def info(self, revision: int) -> dict[str, Any]:
         return {
@@ -65,6 +76,8 @@ class NodeState:
             "isolation": self.isolation,
             "uptime_seconds": round(time.time() - self.started_at, 3),
             "api": f"http://{self.settings.api_host}:{self.api_port}",
+            "gateway": (f"{self.settings.gateway_host}:{self.gateway.public_port}" if self.gateway else ""),
+            "egress": f"127.0.0.1:{self.gateway.egress_port}" if self.gateway else "",
         }
 
 
@@ -117,6 +130,7 @@ async def serve(settings: NodeSettings, *, stop: asyncio.Event | None = None) ->
     try:
         try:
             await seed_store(store, settings)
+            await ensure_default_source(store, settings)
         except AccordError as exc:
             log.error("cannot use the store %s: %s", redact_url(settings.effective_store_url), exc.message)
             return ExitCode.STORE_UNAVAILABLE
@@ -134,20 +148,78 @@ async def _serve_with_store(
         log.error("%s", exc)
         return ExitCode.PORT_IN_USE
     state.api_port = int(api_sock.getsockname()[1])
-    runtime = ProcessRuntime(settings)
-    state.isolation = runtime.isolation()
-    services = Services.build(store=store, settings=settings, node_info=_info_fn(store, state))
+
+    async def resolve(token: str) -> TaskGrant | None:
+        return await resolve_task_token(store, settings, token)
+
+    datamesh = DataMeshService(store, settings, resolve)
+    try:
+        await datamesh.start()
+    except OSError as exc:
+        api_sock.close()
+        log.error("%s", exc)
+        return ExitCode.PORT_IN_USE
+    gateway_ref: list[Gateway] = []
+
+    def node_services() -> dict[str, tuple[str, int]]:
+        """Where the node's services listen now (a restarted node re-bridges adopted engines to them)."""
+        services = {"api": ("127.0.0.1", state.api_port), "datamesh": ("127.0.0.1", datamesh.port)}
+        if gateway_ref:
+            services["egress"] = ("127.0.0.1", gateway_ref[0].egress_port)
+        return services
+
+    runtime = ProcessRuntime(
+        settings, node_env={"ACCORD_DATAMESH": datamesh.location}, node_services=node_services
+    )
+    state.isolation = await runtime.probe_isolation()
+    key_pem = settings.key_path.read_bytes()
+    cert_pem = settings.cert_path.read_bytes()
+    registry = ServiceRegistry(settings.domain)
+    gateway = Gateway(settings, store, registry, key_pem=key_pem, cert_pem=cert_pem)
+    gateway_ref.append(gateway)
+    state.gateway = gateway
+    # Interop (cross-domain jobs): messages to peers leave through the gateway's egress port; the node's
+    # control API listens on a loopback port registered in the gateway as `accord.<domain>.svc`.
+    peers = PeerClient(settings.domain, lambda: gateway.egress_port)
+    try:
+        interop_sock = bind_socket("127.0.0.1", 0, "interop API")
+    except PortInUse as exc:
+        log.error("%s", exc)
+        return ExitCode.PORT_IN_USE
+    registry.register(CONTROL_SERVICE, int(interop_sock.getsockname()[1]), allowed={ANY_PEER})
+    services = Services.build(store=store, settings=settings, node_info=_info_fn(store, state), peers=peers)
     app = create_app(services, settings, read_token(settings))
+    task_controller = TaskController(store, settings, runtime, peers=peers, registry=registry)
+    interop = ApiModule(
+        build_interop_app(Inbox(store, settings, task_controller.party), settings.domain), interop_sock
+    )
+    interop.name = "interop"
     manager = ControllerManager(
         store,
-        [JobController(store, settings), TaskController(store, settings, runtime)],
+        [
+            JobController(store, settings, peers=peers),
+            task_controller,
+            RouteController(
+                store,
+                settings,
+                key_pem=key_pem,
+                cert_pem=cert_pem,
+                probe_interval=settings.route_probe_seconds,
+            ),
+        ],
         settings,
     )
     modules: list[Module] = [
+        CallableModule("gateway", gateway.run, ready=gateway.ready),
+        datamesh,
+        interop,
         CallableModule("controllers", manager.run),
         ApiModule(app, api_sock),
     ]
-    return await supervise(settings, modules, state, stop)
+    try:
+        return await supervise(settings, modules, state, stop)
+    finally:
+        await runtime.close()  # host bridges and held ports; engines keep running and are re-adopted
 
 
 def _info_fn(store: Store, state: NodeState) -> Callable[[], Any]:
@@ -162,6 +234,7 @@ async def supervise(
 ) -> ExitCode:
     """Run modules in a TaskGroup; the first crash or a signal stops them all, in reverse order."""
     failures: list[str] = []
+    port_conflicts: list[str] = []
     loop = asyncio.get_running_loop()
     signals_seen: list[int] = []
 
@@ -190,6 +263,16 @@ async def supervise(
         except asyncio.CancelledError:
             state.modules[module.name] = "stopped"
             raise
+        except OSError as exc:
+            state.modules[module.name] = "crashed"
+            if exc.errno == errno.EADDRINUSE:
+                log.error("module %s cannot listen: %s", module.name, exc)
+                port_conflicts.append(module.name)
+            else:
+                log.exception("module %s crashed: %r", module.name, exc)
+            failures.append(f"{module.name}: {exc!r}")
+            stop.set()
+            return
         except BaseException as exc:  # a crashed module stops the node with its cause
             state.modules[module.name] = "crashed"
             log.exception("module %s crashed: %r", module.name, exc)
@@ -231,4 +314,6 @@ async def supervise(
     finally:
         for installed_sig in installed:
             loop.remove_signal_handler(installed_sig)
+    if port_conflicts:
+        return ExitCode.PORT_IN_USE
     return ExitCode.MODULE_CRASHED if failures else ExitCode.OK

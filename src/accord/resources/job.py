@@ -134,6 +134,11 @@ class JobStatus(Model):
     task_messages: dict[str, str] = Field(default_factory=dict)
     start_time: datetime | None = None
     completion_time: datetime | None = None
+    # Cross-domain jobs (interop): why each party decided as it did, and the node-to-node bookkeeping.
+    approve_messages: dict[str, str] = Field(default_factory=dict, description="party -> approval reason")
+    sync: dict[str, str] = Field(
+        default_factory=dict, description="peer -> digest of the last state that peer acknowledged"
+    )
 
 
 class Job(Resource[JobSpec, JobStatus]):
@@ -179,6 +184,9 @@ class TaskStatus(Model):
     pid: int | None = None
     start_time: datetime | None = None
     completion_time: datetime | None = None
+    sync: dict[str, str] = Field(
+        default_factory=dict, description="peer -> digest of the last state that peer acknowledged"
+    )
 
 
 class Task(Resource[TaskSpec, TaskStatus]):

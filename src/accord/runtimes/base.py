@@ -55,6 +55,8 @@ class EngineStatus:
     work_dir: str = ""
     log_path: str = ""
     detail: str = ""
+    oom_killed: bool = False  # killed by the kernel for exceeding its memory limit (a crash, too)
+    memory_limit_bytes: int | None = None  # the engine's memory budget, named when it was exceeded
 
     @property
     def succeeded(self) -> bool:
@@ -66,9 +68,21 @@ class EngineStatus:
         return self.state is EngineState.EXITED and self.signal is not None
 
     def describe(self) -> str:
-        """One line for a task's status message."""
+        """One line for a task's status message.
+
+        A *crash* (ended by a signal: "engine crashed (killed by signal SIGSEGV)", or the memory limit:
+        "engine killed: memory limit 64 MiB exceeded") reads differently from a *failure* (the engine
+        chose its exit code: "engine exited with code 3"); `detail` (the log's last lines) follows.
+        """
         if self.state is EngineState.EXITED:
-            if self.signal is not None:
+            if self.oom_killed:
+                limit = self.memory_limit_bytes
+                text = (
+                    f"engine killed: memory limit {limit / (1 << 20):g} MiB exceeded"
+                    if limit
+                    else "engine killed: out of memory"
+                )
+            elif self.signal is not None:
                 text = f"engine crashed (killed by signal {signal_name(self.signal)})"
             elif self.exit_code == 0:
                 text = "engine exited with code 0"

@@ -5,17 +5,22 @@ running engines with it (a restarted node re-adopts them).  But a restarted node
 engine's parent, so it cannot `wait()` for it and would never learn its exit code.  The launcher is that
 parent: it records who it is, runs the engine, waits, and writes the outcome to a file the node reads.
 
-Files in the task directory (written atomically, rename after write):
+Files in its *run directory* (`<task dir>/.sandbox/run/`, written atomically, rename after write).  That
+directory belongs to the node, never to the engine: the engine runs as another uid (or in a sandbox where
+`.sandbox` is read-only), so it can neither forge these records -- a forged `process.json` naming pid 1
+would make the node `killpg` a process group of its choosing as root -- nor plant symlinks for the
+launcher to write through:
 
-- `launch.json`  (written by the runtime)  `{"uid", "argv", "cwd"}`;
+- `launch.json`  (written by the runtime)  `{"uid", "argv", "cwd", ...}`;
 - `process.json` (written here, before the engine starts)  `{"uid", "pid", "start_ticks", "boot_id"}`,
   the identity of this launcher process.  `start_ticks` (field 22 of `/proc/<pid>/stat`) and the kernel
   boot id make a reused pid detectable: same pid, different start time means another process;
 - `exit.json`    (written here when the engine ends)  `{"uid", "exit_code", "signal", "error"}`.
 
 The launcher forwards SIGTERM/SIGINT/SIGHUP to the engine and keeps waiting, so a graceful stop still
-produces an exit status.  It is run by file path with `python -I`, imports only the standard library, and
-must stay that way: it starts for every task and must not depend on the node's packages.
+produces an exit status.  It is run by file path with `python -I` and a minimal environment (never the
+engine's: an AppImage's LD_PRELOAD must not load into a root process), imports only the standard
+library, and must stay that way: it starts for every task and must not depend on the node's packages.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ EXIT_FILE = "exit.json"
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(data, fh)
         fh.flush()
         os.fsync(fh.fileno())
@@ -62,14 +68,14 @@ def process_start_ticks(pid: int) -> int | None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: launcher.py TASK_DIR", file=sys.stderr)
+        print("usage: launcher.py RUN_DIR", file=sys.stderr)
         return 2
-    task_dir = Path(argv[0])
-    launch = json.loads((task_dir / LAUNCH_FILE).read_text())
+    run_dir = Path(argv[0])
+    launch = json.loads((run_dir / LAUNCH_FILE).read_text())
     uid = launch.get("uid", "")
     me = os.getpid()
     write_json_atomic(
-        task_dir / PROCESS_FILE,
+        run_dir / PROCESS_FILE,
         {"uid": uid, "pid": me, "start_ticks": process_start_ticks(me), "boot_id": boot_id()},
     )
     child: subprocess.Popen[bytes] | None = None
@@ -98,7 +104,7 @@ def main(argv: list[str]) -> int:
             result["signal"] = -code
         else:
             result["exit_code"] = code
-    write_json_atomic(task_dir / EXIT_FILE, result)
+    write_json_atomic(run_dir / EXIT_FILE, result)
     return 0
 
 

@@ -1,98 +1,182 @@
-"""RunP, basic: each task's engine is a child process with its own work dir, log and env.
+"""RunP: each task's engine is a child process with its own work dir and log, run "with the least it needs".
 
-Layout of `<settings.tasks_dir>/<task>/`: the rendered config files, whatever the engine writes (results),
-`engine.log` (its stdout and stderr, kept after it ends), and the launcher's bookkeeping files
-(`launch.json`, `process.json`, `exit.json`; see `launcher.py`).
+Isolation.  `detect_isolation()` (once per process, cached) finds what this machine allows and every
+engine gets all of it (`sandbox.py` holds the threat model):
+
+- bubblewrap works: a sandbox with a read-only root, the node directory hidden (domain key, API token,
+  store), private /tmp, own pid/ipc/uts namespaces, uid 65534 without capabilities (node as root), and a
+  network namespace with only a loopback.  The network shim (`netshim.py`) bridges exactly the node
+  services named in the engine's env -- `ACCORD_EGRESS` (the gateway's egress: peers), `ACCORD_NODE_API`
+  (progress, with the one-time task token) and `ACCORD_DATAMESH` -- outbound, and the task's allocated
+  ports inbound (Local-scope ones stay inside).  The host half (`HostBridge`) runs in this process:
+  started before the engine, stopped when it ends, and started again for an engine adopted after a node
+  restart.
+- no bubblewrap: plain child processes; cgroups (memory, CPU quota, pids) and prlimit as available, and
+  uid 65534 when it can reach the task dir.  `isolation()` says exactly what is in force and is shown
+  by `accord node status`; limits that cannot be enforced are written at the top of the engine log.
+
+Limits: the AppImage's `resources` (Kubernetes quantities) over the runtime's defaults (`limits.py`).
+
+Layout of `<settings.tasks_dir>/<task>/` (the engine's work dir, `ACCORD_WORK_DIR`):
+- `engine.log`: the engine's stdout and stderr, kept after it ends (appended across runs);
+- the rendered config files and whatever the engine writes;
+- `.sandbox/`: the sandbox's control dir and, in `.sandbox/run/`, the launcher's bookkeeping
+  (`launch.json`, `process.json`, `exit.json`; see `launcher.py`).  Both belong to the node: the engine
+  runs as another uid in a root-owned sticky directory (or sees `.sandbox` read-only), so it can neither
+  forge these records (a forged pid would make the node `killpg` whatever group it names) nor replace
+  the log.  A new run empties the directory first, never following links (`taskfiles.py`).
 
 Why a launcher in between, and a new session: the node may die (SIGKILL, OOM, a crash) while engines
 run.  Engines run in their own session, so they survive it, under a small stdlib-only launcher that
-writes their exit status to `exit.json`.  A restarted node then answers `poll` from files alone: an exit
-file means Exited; a live launcher whose start time matches the recorded one means Running (re-adopted;
-a reused pid has another start time); neither means Lost.  `stop` signals the whole process group
-(launcher and engine), SIGTERM first and SIGKILL after the grace period.
+writes their exit status.  A restarted node answers `poll` from files alone (`records.py`): an exit file
+means Exited; a live launcher whose start time matches the recorded one means Running (re-adopted; a
+reused pid has another start time); neither means Lost, and the remains of a lost run are removed.
+`stop` signals the launcher's process group (launcher and sandbox supervisor, which passes SIGTERM to
+every process inside), and after the grace period SIGKILLs the whole tree and removes the cgroups.
+The launcher is started with a minimal env, never the engine's: the engine's env (with its token)
+reaches only the engine, through a 0600 file.
 
-What is *not* here yet: a sandbox (bubblewrap: read-only root, private /tmp, loopback only) and
-resource limits (cgroups, prlimit); `isolation()` says so.  The env is built from scratch (PATH, LANG,
-HOME = the task dir, the AppImage env, then the engine-contract variables, which win), never copied from
-the node, so the node's API token and the domain key never reach an engine.
+Ports: `allocate_ports` picks free loopback ports, never one of the node's own services.  Sandboxed, it
+also *holds* each port (a listening socket; early connections wait in its backlog) until the host
+bridge serves it, so no other program can take it in between; without a sandbox the engine must bind
+them itself (a short window remains).
 
-Ports: `allocate_ports` asks the OS for free loopback ports and remembers them per task so two tasks of
-this node are never handed the same one; the engine must bind them itself (there is a short window in
-which another program could take a port; a sandboxed runtime with its own network namespace closes it).
+Exit status: exit code 0 is success; another code is a *failure* ("engine exited with code 3: <log
+tail>"); a signal is a *crash* ("engine crashed (killed by signal SIGSEGV)"), and an OOM kill in the
+engine's cgroup reads "engine killed: memory limit 64 MiB exceeded" (`EngineStatus.describe`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
-from accord.errors import ErrorCode, InvalidArgument, Unavailable
+from accord.errors import AccordError, ErrorCode, InvalidArgument, Unavailable
 from accord.names import DNS_LABEL
 from accord.resources.appimage import AppPort
 from accord.resources.job import AllocatedPort
 from accord.runtimes import launcher
 from accord.runtimes.base import EngineState, EngineStatus, LaunchSpec
+from accord.runtimes.cgroups import existing_groups
 from accord.runtimes.contract import contract_variables, render_config_files
+from accord.runtimes.engines import engine_read_only_paths, engines_dir
+from accord.runtimes.limits import DEFAULT_LIMITS, EngineLimits, limits_for
+from accord.runtimes.netshim import BridgeError, HostBridge, NetworkPolicy
+from accord.runtimes.records import LOG_FILE, RUN_DIR, engine_status
+from accord.runtimes.sandbox import (
+    NOBODY,
+    Isolation,
+    PreparedSandbox,
+    SandboxError,
+    SandboxSpec,
+    detect_isolation,
+    prepare_sandbox,
+    unreachable_paths,
+)
+from accord.runtimes.supervisor import sandbox_processes
+from accord.runtimes.taskfiles import (
+    bridge_env,
+    env_ports,
+    log_tail,
+    open_log,
+    read_json,
+    reset_task_dir,
+    safe_read_only_paths,
+)
 from accord.settings import NodeSettings
 
-LOG_FILE = "engine.log"
+__all__ = ["LOG_FILE", "RUN_DIR", "ProcessRuntime", "log_tail"]
+
+log = logging.getLogger(__name__)
+
 _POLL_STEP = 0.05
 _START_TIMEOUT = 10.0
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _process_state(pid: int) -> str | None:
-    """The one-letter state from /proc (R, S, Z ...), or None if /proc has no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2 :].split()[0]
-
-
-def log_tail(path: Path, lines: int = 3, max_chars: int = 400) -> str:
-    """The last non-empty lines of a log, joined with ' | ' (for a status message)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 8192))
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    joined = " | ".join(tail)
-    return joined[-max_chars:]
+_KILL_WAIT = 5.0
 
 
 class ProcessRuntime:
-    """RunP without a sandbox; see the module docstring."""
+    """RunP; see the module docstring."""
 
-    def __init__(self, settings: NodeSettings, *, python: str | None = None) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        *,
+        python: str | None = None,
+        node_env: Mapping[str, str] | None = None,
+        isolation: Isolation | None = None,
+        limits: EngineLimits | None = None,
+        engine_paths: Sequence[Path] | None = None,
+        node_services: Callable[[], Mapping[str, tuple[str, int]]] | None = None,
+    ) -> None:
+        """`node_env`: node services every engine may use (e.g. `ACCORD_DATAMESH`); `isolation`: what to
+        enforce (default: what `detect_isolation()` finds); `limits`: defaults for AppImages that state no
+        `resources`; `engine_paths`: directories of engine environments to show read-only in the sandbox
+        (default: the engines dir of `accord engine install`); `node_services`: where the node's services
+        listen now, by bridge name ("api", "egress", "datamesh") -- an engine adopted after a restart
+        keeps the ports its env names, and its bridge leads them to these (default: where they were)."""
         self._settings = settings
+        self._node_env = dict(node_env or {})
         self._root = settings.tasks_dir
         self._python = python or sys.executable
+        self._iso = isolation
+        self._limits = limits or DEFAULT_LIMITS
+        self._engine_paths = list(engine_paths) if engine_paths is not None else [engines_dir()]
+        self._node_services = node_services
         self._reserved: dict[str, list[int]] = {}
+        self._held: dict[str, dict[int, socket.socket]] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._bridges: dict[str, tuple[str, HostBridge]] = {}  # task -> (uid of the run, its bridge)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._finished: set[tuple[str, str]] = set()  # (task, uid) runs whose sandbox was cleaned up
+
+    # -- isolation ------------------------------------------------------------------------------
+
+    def _isolation(self) -> Isolation:
+        if self._iso is None:
+            self._iso = detect_isolation()  # cached per process; blocking (a trial bwrap run)
+        return self._iso
+
+    async def probe_isolation(self) -> str:
+        """Detect what the machine allows without blocking the event loop; returns `isolation()`."""
+        if self._iso is None:
+            self._iso = await asyncio.to_thread(detect_isolation)
+        return self.isolation()
 
     def isolation(self) -> str:
-        return "none: plain child processes in their own session (no sandbox, no resource limits)"
+        iso = self._isolation()
+        parts = [iso.describe()]
+        if not iso.sandboxed and iso.as_root:
+            if iso.setpriv is None:
+                parts.append("engines run as root (setpriv not found)")
+            elif blocked := self._unreachable():
+                parts.append(
+                    f"engines run as ROOT: uid {NOBODY} cannot reach {', '.join(map(str, blocked))} "
+                    "(install bubblewrap, or make those directories o+x)"
+                )
+            else:
+                parts.append(f"engines run as uid {NOBODY}, all engines share it")
+        parts.append(f"engine limits by default: {self._limits.describe()}")
+        return "; ".join(parts)
+
+    def _unreachable(self) -> list[Path]:
+        try:
+            existing = next(p for p in (self._root, *self._root.parents) if p.exists())
+            return unreachable_paths(existing)
+        except (OSError, StopIteration) as exc:
+            log.debug("cannot check what uid %d reaches: %s", NOBODY, exc)
+            return [self._root]
+
+    # -- paths ----------------------------------------------------------------------------------
 
     def work_dir(self, task: str) -> Path:
         if not DNS_LABEL.match(task):
@@ -102,24 +186,48 @@ class ProcessRuntime:
     def log_path(self, task: str) -> Path:
         return self.work_dir(task) / LOG_FILE
 
+    def _run_dir(self, task: str) -> Path:
+        return self.work_dir(task) / RUN_DIR
+
     # -- ports ----------------------------------------------------------------------------------
+
+    def _service_ports(self) -> set[int]:
+        s = self._settings
+        return {s.api_port, s.egress_port, s.datamesh_port, *env_ports(self._node_env)} - {0}
 
     async def allocate_ports(self, task: str, ports: Sequence[AppPort]) -> list[AllocatedPort]:
         if task in self._reserved:
             await self.release(task)
-        taken = {p for reserved in self._reserved.values() for p in reserved}
+        hold = (await asyncio.to_thread(self._isolation)).sandboxed
+        taken = {p for reserved in self._reserved.values() for p in reserved} | self._service_ports()
         chosen: list[int] = []
-        for _ in ports:
-            for _attempt in range(64):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        held: dict[int, socket.socket] = {}
+        try:
+            for _ in ports:
+                for _attempt in range(64):
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    if hold:  # like asyncio's servers, so a restarted node can listen here again at once
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     sock.bind(("127.0.0.1", 0))
                     number = int(sock.getsockname()[1])
-                if number not in taken and number not in chosen:
-                    chosen.append(number)
-                    break
-            else:
-                raise Unavailable("no free loopback port found for the task's engine")
+                    if number not in taken and number not in chosen:
+                        chosen.append(number)
+                        if hold:  # listening: no other socket can bind it, SO_REUSEADDR or not
+                            sock.listen(128)
+                            held[number] = sock
+                        else:
+                            sock.close()
+                        break
+                    sock.close()
+                else:
+                    raise Unavailable("no free loopback port found for the task's engine")
+        except BaseException:
+            for sock in held.values():
+                sock.close()
+            raise
         self._reserved[task] = chosen
+        if held:
+            self._held[task] = held
         return [
             AllocatedPort(name=p.name, port=n, scope=p.scope, protocol=p.protocol)
             for p, n in zip(ports, chosen, strict=True)
@@ -127,37 +235,68 @@ class ProcessRuntime:
 
     async def release(self, task: str) -> None:
         self._reserved.pop(task, None)
+        for sock in self._held.pop(task, {}).values():
+            sock.close()
 
-    # -- lifecycle ------------------------------------------------------------------------------
+    # -- start ----------------------------------------------------------------------------------
 
     async def start(self, launch: LaunchSpec) -> EngineStatus:
         current = await self.poll(launch.task, launch.uid)
         if current.state is not EngineState.NOT_STARTED:
             return current  # idempotent: never start a second engine for the same task run
-        # The spawn runs in a thread and cannot be interrupted; if we are cancelled meanwhile (the node is
-        # stopping), wait for it anyway, so the engine is on record and the caller can stop or adopt it.
-        spawn = asyncio.ensure_future(asyncio.to_thread(self._spawn, launch))
+        # The start cannot be interrupted half-way (an engine without a record, or a record without its
+        # bridge); if we are cancelled meanwhile (the node is stopping), finish it anyway, so the engine
+        # is on record and the caller can stop or adopt it.
+        job = asyncio.ensure_future(self._start(launch))
         try:
-            pid = await asyncio.shield(spawn)
+            return await asyncio.shield(job)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await spawn
+                await job
+            raise
+
+    async def _start(self, launch: LaunchSpec) -> EngineStatus:
+        task, uid = launch.task, launch.uid
+        previous = self._poll(task, None)
+        if previous.state is EngineState.RUNNING:  # a run of an earlier task of this name: end it first
+            log.warning("task %s: stopping the engine of a previous run before starting uid %s", task, uid)
+            await self.stop(task, grace=5.0)
+        await self._close_bridge(task)
+        iso = await asyncio.to_thread(self._isolation)
+        held = self._held.pop(task, {})
+        try:
+            prepared = await asyncio.to_thread(self._prepare, launch, iso)
+        except BaseException:
+            for sock in held.values():
+                sock.close()
+            raise
+        try:
+            if prepared.needs_bridge:
+                bridge = prepared.host_bridge(listen_sockets=held)
+                try:
+                    await bridge.start()
+                except BridgeError as exc:
+                    raise Unavailable(f"cannot bridge the engine's network: {exc}") from exc
+                self._bridges[task] = (uid, bridge)
+            else:
+                for sock in held.values():
+                    sock.close()
+            pid = await asyncio.to_thread(self._spawn, launch, prepared)
+        except BaseException:
+            await self._close_bridge(task)
+            await asyncio.to_thread(prepared.cleanup)
             raise
         # Return once the launcher has recorded itself (or ended), so the on-disk record a restarted node
         # relies on exists before the caller writes "Running".
-        marker_path = self.work_dir(launch.task) / launcher.PROCESS_FILE
+        marker_path = self._run_dir(task) / launcher.PROCESS_FILE
         deadline = asyncio.get_running_loop().time() + _START_TIMEOUT
         while True:
-            marker = _read_json(marker_path)
-            child = self._children.get(launch.task)
-            if (
-                (marker is not None and marker.get("uid") == launch.uid)
-                or child is None
-                or child.poll() is not None
-            ):
-                return self._poll(launch.task, launch.uid)
+            marker = read_json(marker_path)
+            child = self._children.get(task)
+            if (marker is not None and marker.get("uid") == uid) or child is None or child.poll() is not None:
+                return await self.poll(task, uid)
             if asyncio.get_running_loop().time() > deadline:
-                raise Unavailable(f"the launcher (pid {pid}) of task {launch.task!r} did not report in time")
+                raise Unavailable(f"the launcher (pid {pid}) of task {task!r} did not report in time")
             await asyncio.sleep(_POLL_STEP)
 
     def _build_env(self, launch: LaunchSpec, work_dir: Path) -> dict[str, str]:
@@ -168,6 +307,7 @@ class ProcessRuntime:
             "PYTHONUNBUFFERED": "1",
         }
         env.update(launch.app_image.spec.env)
+        env.update(self._node_env)
         env.update(launch.extra_env)
         env.update(self._variables(launch, work_dir))
         return env
@@ -186,7 +326,8 @@ class ProcessRuntime:
             work_dir=work_dir,
         )
 
-    def _spawn(self, launch: LaunchSpec) -> int:
+    def _prepare(self, launch: LaunchSpec, iso: Isolation) -> PreparedSandbox:
+        """Empty the work dir, render the config files, set up the sandbox (blocking: run in a thread)."""
         spec = launch.app_image.spec
         argv = [*spec.command, *spec.args]
         if not argv:
@@ -194,131 +335,194 @@ class ProcessRuntime:
                 f"AppImage {launch.app_image.meta.name!r} has no command; RunP needs spec.command",
                 code=ErrorCode.APPIMAGE_INVALID,
             )
+        limits = limits_for(spec.resources, self._limits, launch.app_image.meta.name)
         work_dir = self.work_dir(launch.task)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        for stale in (launcher.PROCESS_FILE, launcher.EXIT_FILE, launcher.LAUNCH_FILE):
-            (work_dir / stale).unlink(missing_ok=True)
         env = self._build_env(launch, work_dir)
         template_vars = {**spec.env, **self._variables(launch, work_dir)}
+        with contextlib.suppress(SandboxError):  # a run that never started, or whose supervisor died
+            PreparedSandbox.load(work_dir).cleanup()
+        leaf = re.compile(rf"{re.escape(launch.domain)}\.{re.escape(launch.task)}-[0-9a-f]{{8}}")
+        for stale in existing_groups(iso.cgroups, lambda name: leaf.fullmatch(name) is not None):
+            stale.remove()  # a node killed between creating this task's groups and recording them
+        reset_task_dir(work_dir, keep={LOG_FILE})
         render_config_files(launch.app_image, template_vars, work_dir)
+        os.close(open_log(work_dir / LOG_FILE))  # exists before the sandbox protects it
+        if iso.sandboxed:
+            env, outbound = bridge_env(env)
+            # Local-scope ports are the engine's own business: they stay inside its network namespace.
+            inbound = [p.port for p in launch.ports if p.scope != "Local"]
+            network = NetworkPolicy(outbound=outbound, inbound=inbound)
+        else:
+            network = NetworkPolicy(mode="host")  # nothing to bridge: isolation() says it is shared
+        try:
+            return prepare_sandbox(
+                SandboxSpec(
+                    task_dir=work_dir,
+                    argv=argv,
+                    env=env,
+                    node_dir=self._settings.dir,
+                    memory_bytes=limits.memory_bytes,
+                    cpu_cores=limits.cpu_cores,
+                    pids_max=limits.pids,
+                    open_files=limits.open_files,
+                    read_only_paths=safe_read_only_paths(
+                        [*self._engine_paths, *engine_read_only_paths(launch.app_image)], self._settings.dir
+                    ),
+                    network=network,
+                    # Unique per run: nodes of several domains may share a machine (and a task name).
+                    cgroup_name=f"{launch.domain}.{launch.task}-{uuid.uuid4().hex[:8]}",  # see `leaf`
+                    protected=(LOG_FILE,),
+                ),
+                iso,
+            )
+        except AccordError:
+            raise
+        except OSError as exc:
+            raise Unavailable(f"cannot set up the engine's sandbox: {exc}") from exc
+
+    def _spawn(self, launch: LaunchSpec, prepared: PreparedSandbox) -> int:
+        spec = launch.app_image.spec
+        work_dir = self.work_dir(launch.task)
+        run_dir = self._run_dir(launch.task)
+        run_dir.mkdir(mode=0o755)
+        limits = limits_for(spec.resources, self._limits, launch.app_image.meta.name)
         launcher.write_json_atomic(
-            work_dir / launcher.LAUNCH_FILE, {"uid": launch.uid, "argv": argv, "cwd": str(work_dir)}
+            run_dir / launcher.LAUNCH_FILE,
+            {
+                "uid": launch.uid,
+                "argv": prepared.argv,
+                "cwd": str(work_dir),
+                "engine": [*spec.command, *spec.args],
+                "limits": limits.to_dict(),
+                "bridged": prepared.needs_bridge,
+            },
         )
-        with open(work_dir / LOG_FILE, "ab") as log:
+        log_fd = open_log(work_dir / LOG_FILE)
+        try:
+            if prepared.warnings:
+                note = f"accord runtime: NOT enforced for this engine: {'; '.join(prepared.warnings)}\n"
+                os.write(log_fd, note.encode())
             child = subprocess.Popen(
-                [self._python, "-I", launcher.__file__, str(work_dir)],
+                [self._python, "-I", launcher.__file__, str(run_dir)],
                 cwd=work_dir,
-                env=env,
+                env=prepared.env,  # minimal; the engine's env is in .sandbox/env.json (0600)
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=log_fd,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
             )
+        finally:
+            os.close(log_fd)
         self._children[launch.task] = child
         return child.pid
 
-    async def poll(self, task: str, uid: str | None = None) -> EngineStatus:
-        return self._poll(task, uid)
+    # -- poll -----------------------------------------------------------------------------------
 
     def _poll(self, task: str, uid: str | None) -> EngineStatus:
-        work_dir = self.work_dir(task)
-        paths: dict[str, Any] = {"work_dir": str(work_dir), "log_path": str(work_dir / LOG_FILE)}
-        launch = _read_json(work_dir / launcher.LAUNCH_FILE)
-        if launch is None or (uid is not None and launch.get("uid") != uid):
-            return EngineStatus(EngineState.NOT_STARTED, **paths)
         child = self._children.get(task)
         if child is not None and child.poll() is not None:
-            self._children.pop(task, None)  # reaped; the exit file (if any) tells the rest
-        exit_status = self._exit_status(work_dir, launch, paths)
-        if exit_status is not None:
-            return exit_status
-        marker = _read_json(work_dir / launcher.PROCESS_FILE)
-        if marker is None or marker.get("uid") != launch.get("uid"):
-            if child is not None and child.poll() is None:
-                # Our own launcher, about to record itself: it runs (and leads its process group).
-                return EngineStatus(EngineState.RUNNING, pid=child.pid, **paths)
-            return EngineStatus(EngineState.LOST, detail="the launcher never recorded its process", **paths)
-        pid = int(marker["pid"])
-        if self._alive(pid, marker):
-            return EngineStatus(EngineState.RUNNING, pid=pid, **paths)
-        # It may have written the exit file between our two reads.
-        exit_status = self._exit_status(work_dir, launch, paths)
-        if exit_status is not None:
-            return exit_status
-        return EngineStatus(
-            EngineState.LOST,
-            pid=pid,
-            detail=f"launcher pid {pid} is gone and recorded no exit status",
-            **paths,
-        )
+            self._children.pop(task, None)  # reaped; the exit record (if any) tells the rest
+        return engine_status(self.work_dir(task), uid, child)
 
-    def _exit_status(
-        self, work_dir: Path, launch: dict[str, Any], paths: dict[str, Any]
-    ) -> EngineStatus | None:
-        result = _read_json(work_dir / launcher.EXIT_FILE)
-        if result is None or result.get("uid") != launch.get("uid"):
-            return None
-        marker = _read_json(work_dir / launcher.PROCESS_FILE) or {}
-        code = result.get("exit_code")
-        sig = result.get("signal")
-        detail = str(result.get("error") or "")
-        if not detail and (sig is not None or code not in (0, None)):
-            detail = log_tail(work_dir / LOG_FILE)
-        return EngineStatus(
-            EngineState.EXITED,
-            pid=marker.get("pid"),
-            exit_code=None if code is None else int(code),
-            signal=None if sig is None else int(sig),
-            detail=detail,
-            **paths,
-        )
+    async def poll(self, task: str, uid: str | None = None) -> EngineStatus:
+        status = self._poll(task, uid)
+        if status.state is EngineState.RUNNING:
+            await self._ensure_bridge(task)
+        elif status.state in (EngineState.EXITED, EngineState.LOST):
+            await self._finish(task)
+        return status
 
-    def _alive(self, pid: int, marker: dict[str, Any]) -> bool:
-        state = _process_state(pid)
-        if state is None:
-            if Path("/proc/self/stat").exists():
-                return False  # Linux, and no such process
-            try:  # no /proc (not Linux): existence only, pid reuse undetectable
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                return True
-            return True
-        if state in ("Z", "X"):
-            return False
-        recorded_boot = marker.get("boot_id") or ""
-        if recorded_boot and recorded_boot != launcher.boot_id():
-            return False  # the machine rebooted: a process with this pid is someone else
-        recorded_ticks = marker.get("start_ticks")
-        return recorded_ticks is None or recorded_ticks == launcher.process_start_ticks(pid)
+    # -- the host bridge and the sandbox's remains --------------------------------------------------
+
+    def _lock(self, task: str) -> asyncio.Lock:
+        return self._locks.setdefault(task, asyncio.Lock())
+
+    async def _ensure_bridge(self, task: str) -> None:
+        """A running sandboxed engine has its host bridge (again, after a node restart)."""
+        launch = read_json(self._run_dir(task) / launcher.LAUNCH_FILE) or {}
+        uid = str(launch.get("uid", ""))
+        if not launch.get("bridged") or self._bridges.get(task, ("", None))[0] == uid:
+            return
+        async with self._lock(task):
+            if self._bridges.get(task, ("", None))[0] == uid:
+                return
+            try:
+                prepared = PreparedSandbox.load(self.work_dir(task))
+                targets = dict(prepared.network.outbound)
+                if self._node_services is not None:
+                    now = self._node_services()
+                    targets.update({name: now[name] for name in targets if name in now})
+                bridge = HostBridge(
+                    prepared.task_dir, targets, prepared.network.inbound, sandbox_uid=prepared.sandbox_uid
+                )
+                await bridge.start()
+            except (SandboxError, BridgeError) as exc:
+                log.warning("task %s: cannot bridge the adopted engine's network (will retry): %s", task, exc)
+                return
+            self._bridges[task] = (uid, bridge)
+            log.info("task %s: host bridge started for the adopted engine", task)
+
+    async def _close_bridge(self, task: str) -> None:
+        entry = self._bridges.pop(task, None)
+        if entry is not None:
+            await entry[1].close()
+
+    async def _finish(self, task: str) -> None:
+        """The engine ended (or is lost): close its bridge and remove what is left of its sandbox."""
+        await self._close_bridge(task)
+        launch = read_json(self._run_dir(task) / launcher.LAUNCH_FILE) or {}
+        key = (task, str(launch.get("uid", "")))
+        if key in self._finished:
+            return
+        self._finished.add(key)
+        with contextlib.suppress(SandboxError):
+            prepared = PreparedSandbox.load(self.work_dir(task))
+            problems = await asyncio.to_thread(prepared.cleanup)
+            if problems:
+                log.warning("task %s: sandbox cleanup left %s", task, "; ".join(problems))
+
+    async def close(self) -> None:
+        """Stop serving bridges and release held ports (node shutdown); engines keep running."""
+        for task in list(self._bridges):
+            await self._close_bridge(task)
+        for task in list(self._held):
+            await self.release(task)
+
+    # -- wait, stop, list -----------------------------------------------------------------------
 
     async def wait(self, task: str, timeout: float, uid: str | None = None) -> EngineStatus:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            status = self._poll(task, uid)
+            status = await self.poll(task, uid)
             if status.state is not EngineState.RUNNING or loop.time() >= deadline:
                 return status
             await asyncio.sleep(_POLL_STEP)
 
     async def stop(self, task: str, grace: float = 5.0, uid: str | None = None) -> EngineStatus:
         status = self._poll(task, uid)
-        if status.state is not EngineState.RUNNING or status.pid is None:
-            return status
+        if status.state is not EngineState.RUNNING or status.pid is None or status.pid <= 1:
+            return await self.poll(task, uid)
         pgid = status.pid  # the launcher leads its own session and process group
         self._signal_group(pgid, signal.SIGTERM)
         status = await self.wait(task, grace, uid)
         if status.state is not EngineState.RUNNING:
             return status
+        # The last resort: the launcher's group and every process below it (the sandbox dies with its
+        # supervisor; without bwrap the engine's own children would otherwise be left behind).
+        tree = await asyncio.to_thread(sandbox_processes, pgid, via_bwrap=False)
         self._signal_group(pgid, signal.SIGKILL)
-        status = await self.wait(task, 5.0, uid)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        status = await self.wait(task, _KILL_WAIT, uid)
         if status.state is EngineState.LOST:
             # Killed together with its launcher: record the outcome so later polls agree.
-            launch = _read_json(self.work_dir(task) / launcher.LAUNCH_FILE) or {}
+            run_dir = self._run_dir(task)
+            launch = read_json(run_dir / launcher.LAUNCH_FILE) or {}
             launcher.write_json_atomic(
-                self.work_dir(task) / launcher.EXIT_FILE,
+                run_dir / launcher.EXIT_FILE,
                 {
                     "uid": launch.get("uid", ""),
                     "exit_code": None,
@@ -326,7 +530,7 @@ class ProcessRuntime:
                     "error": f"stopped by the node (no exit within {grace:g} s of SIGTERM)",
                 },
             )
-            status = self._poll(task, uid)
+            status = await self.poll(task, uid)
         return status
 
     @staticmethod
@@ -345,4 +549,7 @@ class ProcessRuntime:
                 and self._poll(entry.name, None).state is EngineState.RUNNING
             ):
                 names.append(entry.name)
+                # The controller asks this first after a node restart: bridge adopted engines at once,
+                # so their inbound ports are taken again before new tasks get ports.
+                await self._ensure_bridge(entry.name)
         return names

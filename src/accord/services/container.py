@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import accord
+from accord.interop.client import PeerClient
+from accord.resources.meta import AnyResource
 from accord.services.audit import AuditService
 from accord.services.data import DataService
+from accord.services.jobs import JobService, check_initiator
 from accord.services.logs import LogService
 from accord.services.resources import ResourceService, Validator
+from accord.services.task_configs import validate_job_task_configs
 from accord.settings import NodeSettings
 from accord.store.base import Store
 
@@ -35,6 +39,7 @@ class Services:
     audit: AuditService
     logs: LogService
     data: DataService
+    jobs: JobService
     node_info_source: NodeInfoSource | None = field(default=None)
 
     @classmethod
@@ -46,14 +51,25 @@ class Services:
         node_info: NodeInfoSource | None = None,
         validators: Mapping[str, Validator] | None = None,
         log_poll_seconds: float | None = None,
+        peers: PeerClient | None = None,
     ) -> Services:
+        # Jobs (interop): a Job created through the API must be initiated by this node; `peers` is the
+        # node's PeerClient, through which commands issued here reach a job's initiator.
+        def check_job(obj: AnyResource) -> None:
+            check_initiator(obj, settings.domain)
+            validate_job_task_configs(obj)
+
+        checks: dict[str, Validator] = {"Job": check_job}
+        checks.update(validators or {})
+        resources = ResourceService(store, settings, checks)
         return cls(
             store=store,
             settings=settings,
-            resources=ResourceService(store, settings, validators),
+            resources=resources,
             audit=AuditService(store),
             logs=LogService(store, settings, poll_seconds=log_poll_seconds),
             data=DataService(store, settings),
+            jobs=JobService(store, settings, resources, peers),
             node_info_source=node_info,
         )
 
