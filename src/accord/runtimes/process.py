@@ -104,6 +104,12 @@ _START_TIMEOUT = 10.0
 _KILL_WAIT = 5.0
 
 
+def _argv_dirs(argv: Sequence[str]) -> list[Path]:
+    """Directories of the program files an AppImage's command names (e.g. `python /opt/x/engine.py`):
+    they are shown read-only in the sandbox even when they sit under a hidden path such as /tmp."""
+    return [Path(a).parent for a in argv[1:] if a.startswith("/") and Path(a).is_file()]
+
+
 class ProcessRuntime:
     """RunP; see the module docstring."""
 
@@ -366,7 +372,12 @@ class ProcessRuntime:
                     pids_max=limits.pids,
                     open_files=limits.open_files,
                     read_only_paths=safe_read_only_paths(
-                        [*self._engine_paths, *engine_read_only_paths(launch.app_image)], self._settings.dir
+                        [
+                            *self._engine_paths,
+                            *engine_read_only_paths(launch.app_image),
+                            *_argv_dirs(argv),
+                        ],
+                        self._settings.dir,
                     ),
                     network=network,
                     # Unique per run: nodes of several domains may share a machine (and a task name).
