@@ -111,7 +111,7 @@ def concurrent_jobs(client_of: Any, count: int, app: str) -> tuple[int, float, l
                         succeeded += 1
                     else:
                         errors.append(f"{name}: {job['status']['phase']}: {job['status']['message']}")
-            time.sleep(0.05)
+            time.sleep(0.2)
     total = time.perf_counter() - start
     missing = [n for n in submitted if n not in finished]
     errors.extend(f"{n}: not finished after 300 s" for n in missing)

@@ -10,8 +10,9 @@ the task's phase is the aggregate of its parties::
 - *Pending -> Preparing*: one PartyStatus per party is written, then every party is asked to prepare:
   this node's own party directly (`LocalParty.prepare`), each peer with a `TaskPrepare` message (retried
   with backoff until answered).  Prepared parties report their endpoints.
-- *All-or-nothing*: only when every party is prepared is the task moved to Running (this node's engine is
-  started in the same step), and `TaskStart` is sent to the others.  A party that refuses fails the task
+- *All-or-nothing*: only when every party is prepared is the task moved to Running; then this node's
+  engine is started and `TaskStart` sent to every other party at once (a task of this node alone is
+  Running only once its engine runs, pid recorded).  A party that refuses fails the task
   at once; one that has not prepared `resource_reserved_seconds` after the task was created fails it
   too, with a message naming every such party and the last error seen (e.g. its node is unreachable).
 - *Running*: this node's engine is polled; peers report their parties (`PartyTaskReport`, merged by the

@@ -29,6 +29,7 @@ gateway, and letting an engine reach them would let it bypass the route policy.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from collections.abc import Callable
 
@@ -73,7 +74,13 @@ def _ptp_host(host: bytes) -> bool:
 
 
 # Never forwarded from an engine: the gateway sets them (an engine cannot forge a token signature).
-DROP_OUTBOUND = frozenset({PREFIX_HEADER.lower()}) | AUTH_HEADERS
+# Node-to-node messages (`accord.<peer>.svc`) leave through the same egress port engines use; the gateway
+# authenticates domains, not processes, so the node proves it is the node with a per-process secret
+# that engines never see (their env is built from scratch).  It never leaves this machine.
+NODE_SECRET_HEADER = b"x-accord-node-secret"
+CONTROL_SERVICE = "accord"
+
+DROP_OUTBOUND = frozenset({PREFIX_HEADER.lower(), NODE_SECRET_HEADER}) | AUTH_HEADERS
 
 
 class EgressPort:
@@ -87,7 +94,9 @@ class EgressPort:
         *,
         tokens: TokenBook,
         idle_timeout: float = 600.0,
+        node_secret: bytes = b"",
     ) -> None:
+        self.node_secret = node_secret
         self.me = connector.table.me
         self.table = connector.table
         self.connector = connector
@@ -150,6 +159,10 @@ class EgressPort:
             return await self.local.forward(stream, req, self.me, service)
         if service in RESERVED_SERVICES:
             raise NotAllowed(f"{service}.{peer}.svc is reserved for the gateways")
+        if service == CONTROL_SERVICE and not self._from_node(req):
+            raise NotAllowed(
+                f"{service}.{peer}.svc carries node-to-node messages: only this node may send them"
+            )
         if req.method == b"CONNECT":
             await self._connect(stream, service, peer)
             return False
@@ -169,6 +182,10 @@ class EgressPort:
             domains=[peer, *([plan.transit] if plan.transit else [])],
             classify=self._classifier(peer),
         )
+
+    def _from_node(self, req: RequestHead) -> bool:
+        presented = req.headers.get(NODE_SECRET_HEADER) or b""
+        return bool(self.node_secret) and hmac.compare_digest(presented, self.node_secret)
 
     async def _ptp(self, stream: Stream, req: RequestHead, method: str) -> bool:
         """A transport request: pushes for a peer are forwarded there, the rest is served locally."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -132,6 +133,8 @@ class Gateway:
             idle_timeout=cfg.public_idle_timeout,
             connect_timeout=cfg.connect_timeout,
         )
+        # What the node's own PeerClient presents on the egress port for `accord.<peer>.svc` (see egress.py).
+        self.node_secret = secrets.token_urlsafe(32)
         self.egress = EgressPort(
             self.connector,
             self.peer_pool,
@@ -140,6 +143,7 @@ class Gateway:
             self.ptp,
             tokens=self.outbound_tokens,
             idle_timeout=cfg.egress_idle_timeout,
+            node_secret=self.node_secret.encode(),
         )
         self.ready = asyncio.Event()
         self.public_port = settings.gateway_port

@@ -66,8 +66,18 @@ M = TypeVar("M", bound=Message)
 class PeerClient:
     """See the module docstring.  One per node; safe to share between controllers and services."""
 
-    def __init__(self, domain: str, egress_port: int | Callable[[], int], *, timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        domain: str,
+        egress_port: int | Callable[[], int],
+        *,
+        timeout: float = 15.0,
+        node_secret: str = "",
+    ) -> None:
+        """`node_secret`: the gateway's `node_secret`, which proves to the egress port that a message to
+        `accord.<peer>.svc` comes from this node, not from an engine."""
         self.domain = domain
+        self.node_secret = node_secret
         self._egress_port = egress_port
         self.timeout = timeout
         self._http: httpx.AsyncClient | None = None
@@ -101,7 +111,11 @@ class PeerClient:
             response = await self._client().post(
                 PREFIX + path,
                 content=message.model_dump_json(),
-                headers={"Host": f"{CONTROL_SERVICE}.{peer}.svc", "Content-Type": "application/json"},
+                headers={
+                    "Host": f"{CONTROL_SERVICE}.{peer}.svc",
+                    "Content-Type": "application/json",
+                    "X-Accord-Node-Secret": self.node_secret,
+                },
             )
         except httpx.TimeoutException as exc:
             raise Unavailable(

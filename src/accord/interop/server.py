@@ -14,6 +14,12 @@ given job (it must be its initiator, or one of its parties) is checked by the ha
 job.  (The loopback port itself is reachable by local processes; engines in the sandbox have no access
 to it, and the route policy of the gateway is what peers meet.)
 
+Known gap: the gateway authenticates *domains*, not processes.  An engine running at bob can send
+`Host: accord.alice.svc` through bob's egress port and alice sees a message from bob.  Closing it needs
+the egress port to reserve `accord.<peer>.svc` for the node itself (a per-process secret header that
+`PeerClient` sends and the gateway checks and strips); until then a participant's engine can do what
+that participant's node may do in the protocol, nothing more.
+
 **Errors** are `{code, message}` with the HTTP status of the AccordError class, as on the local API, so
 `PeerClient` rebuilds them as the same typed errors on the sending side.  A malformed or unsupported
 message (e.g. protocol version 2) is a 400 naming the field.

@@ -180,7 +180,7 @@ async def _serve_with_store(
     state.gateway = gateway
     # Interop (cross-domain jobs): messages to peers leave through the gateway's egress port; the node's
     # control API listens on a loopback port registered in the gateway as `accord.<domain>.svc`.
-    peers = PeerClient(settings.domain, lambda: gateway.egress_port)
+    peers = PeerClient(settings.domain, lambda: gateway.egress_port, node_secret=gateway.node_secret)
     try:
         interop_sock = bind_socket("127.0.0.1", 0, "interop API")
     except PortInUse as exc:

@@ -193,3 +193,27 @@ async def test_bad_chunk_arriving_late_never_lets_a_second_request_through(nodes
         writer.close()
     assert b"200" not in out.split(b"\r\n", 1)[0]
     assert [r.target for r in echo.requests] in ([], ["/info"])
+
+
+async def test_only_the_node_may_send_node_to_node_messages_through_egress(nodes, echo) -> None:
+    """An engine at alice cannot pose as alice's node: `accord.bob.svc` needs the node's egress secret."""
+    alice, bob = await _bob_with_echo(nodes, echo)
+    await alice.route("bob", bob.endpoint)
+    bob.registry.register("accord", echo.port, allowed={"*"})
+    forged = (
+        b"POST /interop/v1/jobs/propose HTTP/1.1\r\nHost: accord.bob.svc\r\nConnection: close\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    )
+    out = await raw_exchange("127.0.0.1", alice.gateway.egress_port, forged)
+    assert out.startswith(b"HTTP/1.1 403"), out[:200]
+    assert b"only this node may send them" in out
+    wrong = forged.replace(b"Content-Length", b"X-Accord-Node-Secret: guess\r\nContent-Length")
+    out = await raw_exchange("127.0.0.1", alice.gateway.egress_port, wrong)
+    assert out.startswith(b"HTTP/1.1 403"), out[:200]
+    assert echo.requests == []
+    secret = alice.gateway.node_secret.encode()
+    real = forged.replace(b"Content-Length", b"X-Accord-Node-Secret: " + secret + b"\r\nContent-Length")
+    out = await raw_exchange("127.0.0.1", alice.gateway.egress_port, real)
+    assert out.startswith(b"HTTP/1.1 200"), out[:200]
+    assert len(echo.requests) == 1
+    assert secret not in repr(echo.requests[0]).encode()  # stripped before it leaves the machine
