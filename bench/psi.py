@@ -21,7 +21,8 @@ for row alignment between the two outputs.  Modes (all RR22, both parties receiv
 
 `ratio` is a mode's wall time over bare's with the same pinning (goal for gateway/nodes: <= 1.15).  Peak
 RSS is sampled every 50 ms over each party's whole process tree (guard + party process + libpsi's
-`sort`; for `nodes`, the node process and everything it started; gateways are reported apart).
+`sort`; for `nodes`, the node process and everything it started, and the engine alone; gateways are
+reported apart).
 "pinned" runs everything of alice on core 0 and of bob on core 1 (`taskset`, or the node's affinity).
 """
 
@@ -34,6 +35,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,14 +89,21 @@ def bare_party(args: argparse.Namespace) -> None:
     )
     report = psi.psi_execute(config, lctx)
     done = time.monotonic()
-    # psi_execute does not end at the same moment at both parties (the receiver still sends after its
-    # peer returned): exchange one message, as the engine's fin does, before leaving
+    # psi_execute does not end at the same moment at both parties, and its last message may still sit in
+    # yacl's send queue when it returns: exchange one message (as the engine's fin does), then give the
+    # send thread a moment before leaving -- after the clock stopped (`end`), so it costs bare nothing.
     lctx.send(1 - args.rank, "fin")
     lctx.recv(1 - args.rank)
-    lctx.stop_link()
-    result = {"link_s": linked - started, "psi_s": done - linked, "intersection": report.intersection_count}
+    end = time.monotonic()
+    result = {
+        "link_s": linked - started,
+        "psi_s": done - linked,
+        "intersection": report.intersection_count,
+        "end": end,
+    }
     Path(args.result).write_text(json.dumps(result))
     sys.stdout.flush()
+    time.sleep(0.5)
     os._exit(0)
 
 
@@ -137,6 +146,7 @@ class Run:
     wall_s: float
     parties: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 0
 
 
 def pin(command: list[str], pinned: bool, index: int) -> list[str]:
@@ -164,7 +174,7 @@ def watch(
         for tree in others.values():
             tree.sample(parents)
         time.sleep(0.05)
-    return {"wall_s": time.monotonic() - started, "trees": trees, "others": others}
+    return {"wall_s": time.monotonic() - started, "started": started, "trees": trees, "others": others}
 
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
@@ -226,9 +236,12 @@ def run_bare(spu: Path, data: Path, work: Path, pinned: bool, timeout: float) ->
     if failed:
         tails = {p: (work / p / "stdout.log").read_text()[-1500:] for p in PARTIES}
         raise RuntimeError(f"bare {', '.join(failed)} failed: {tails}")
-    run = Run("bare", "pinned" if pinned else "free", outcome["wall_s"])
+    results = {p: json.loads((work / p / "result.json").read_text()) for p in PARTIES}
+    # the clock stops when both exchanged their final message (see bare_party), not at process exit
+    wall = max(r["end"] for r in results.values()) - outcome["started"]
+    run = Run("bare", "pinned" if pinned else "free", wall)
     for party in PARTIES:
-        result = json.loads((work / party / "result.json").read_text())
+        result = results[party]
         run.parties[party] = _party(outcome["trees"][party], result["psi_s"], result["link_s"])
     run.extra["outputs"] = {p: work / p / "output.csv" for p in PARTIES}
     return run
@@ -432,6 +445,7 @@ def run_nodes(spu: Path, data: Path, work: Path, pinned: bool, timeout: float, e
             },
         }
         trees = {p: Tree(node.proc.pid) for p, node in nodes.items() if node.proc is not None}
+        engines: dict[str, Any] = {}
         started = time.monotonic()
         submit_job(nodes["alice"].client, job)
         phase, last_poll = "", 0.0
@@ -442,6 +456,13 @@ def run_nodes(spu: Path, data: Path, work: Path, pinned: bool, timeout: float, e
             parents = process_parents()
             for tree in trees.values():
                 tree.sample(parents)
+            for p, node in nodes.items():
+                if p not in engines:
+                    guard = _engine_guard(node.settings.tasks_dir / f"{name}-psi", parents)
+                    if guard is not None:
+                        engines[p] = Tree(guard)
+                if p in engines:
+                    engines[p].sample(parents)
             if now - last_poll > 0.1:
                 last_poll = now
                 status = nodes["alice"].client.get("Job", name)["status"]
@@ -458,6 +479,8 @@ def run_nodes(spu: Path, data: Path, work: Path, pinned: bool, timeout: float, e
             result = json.loads((node.settings.tasks_dir / f"{name}-psi" / "result.json").read_text())
             run.parties[p] = _party(trees[p], result["timings"]["psi_s"], result["timings"]["link_s"])
             run.parties[p]["timings"] = result["timings"]
+            if p in engines:
+                run.extra[f"{p} engine alone: peak RSS MB"] = f"{engines[p].peak_rss / 2**20:.0f}"
             doc = node.client.get("DomainData", f"{name}-psi-output")
             outputs[p] = node.settings.data_dir / doc["spec"]["relative_uri"]
         check_outputs(outputs, data, expected)
@@ -468,6 +491,21 @@ def run_nodes(spu: Path, data: Path, work: Path, pinned: bool, timeout: float, e
                 node.stop()
             except AssertionError:
                 node.kill()
+
+
+def _engine_guard(work_dir: Path, parents: dict[int, int]) -> int | None:
+    """The pid of the SPU engine's guard process running in `work_dir` (its parent is no engine)."""
+    found = []
+    for pid in parents:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if b"accord.engines.spu_psi" in cmdline and Path(cwd) == work_dir:
+            found.append(pid)
+    roots = [pid for pid in found if parents.get(pid) not in found]
+    return roots[0] if roots else None
 
 
 def run_builtin(data: Path, work: Path, pinned: bool, timeout: float, expected: int) -> Run:
@@ -482,42 +520,73 @@ def run_builtin(data: Path, work: Path, pinned: bool, timeout: float, expected: 
     return result
 
 
+def slowest_psi(run: Run) -> float | None:
+    values = [info["psi_s"] for info in run.parties.values() if info.get("psi_s") is not None]
+    return max(values) if values else None
+
+
+def ratios(run: Run, runs: list[Run]) -> tuple[float | None, float | None]:
+    """Wall and libpsi-time ratios against bare's run of the same pinning and repetition."""
+    bare = next(
+        (r for r in runs if r.mode == "bare" and (r.pinning, r.attempt) == (run.pinning, run.attempt)), None
+    )
+    if bare is None:
+        return None, None
+    psi, bare_psi = slowest_psi(run), slowest_psi(bare)
+    return run.wall_s / bare.wall_s, (psi / bare_psi if psi and bare_psi else None)
+
+
+def _fmt(value: float | None, spec: str = ".2f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def print_runs(runs: list[Run]) -> None:
-    """One block per run; `ratio` = wall / bare's wall, `psi ratio` = slowest party's libpsi time / bare's."""
-    base = {r.pinning: r for r in runs if r.mode == "bare"}
-
-    def slowest_psi(run: Run) -> float | None:
-        values = [info["psi_s"] for info in run.parties.values() if info.get("psi_s") is not None]
-        return max(values) if values else None
-
+    """Every run (ratios against bare's run of the same pinning and repetition), then medians."""
     header = (
-        f"{'mode':<8} {'pinning':<7} {'wall s':>7} {'ratio':>5} {'psi ratio':>9} | {'party':<6} "
+        f"{'mode':<8} {'pinning':<7} {'#':>1} {'wall s':>7} {'ratio':>5} {'psi ratio':>9} | {'party':<6} "
         f"{'peak RSS MB':>11} {'CPU s':>6} {'link s':>6} {'psi s':>6}  read/link/psi/output s"
     )
     print(header)
     print("-" * len(header))
     for run in runs:
-        bare = base.get(run.pinning)
-        ratio = f"{run.wall_s / bare.wall_s:.2f}" if bare else "-"
-        psi, bare_psi = slowest_psi(run), slowest_psi(bare) if bare else None
-        psi_ratio = f"{psi / bare_psi:.2f}" if psi and bare_psi else "-"
+        ratio, psi_ratio = ratios(run, runs)
         for i, party in enumerate(PARTIES):
             info = run.parties[party]
             lead = (
-                f"{run.mode:<8} {run.pinning:<7} {run.wall_s:>7.2f} {ratio:>5} {psi_ratio:>9}"
+                f"{run.mode:<8} {run.pinning:<7} {run.attempt:>1} {run.wall_s:>7.2f} {_fmt(ratio):>5} "
+                f"{_fmt(psi_ratio):>9}"
                 if i == 0
-                else " " * 41
+                else " " * 43
             )
             timings = info.get("timings")
             keys = ("read_s", "link_s", "psi_s", "output_s")
             detail = "/".join(f"{timings.get(k, 0):.2f}" for k in keys) if timings else ""
-            link = f"{info['link_s']:.2f}" if info.get("link_s") is not None else "-"
-            psi_s = f"{info['psi_s']:.2f}" if info.get("psi_s") is not None else "-"
             rss, cpu = info["rss_mb"], info["cpu_s"]
-            print(f"{lead} | {party:<6} {rss:>11.0f} {cpu:>6.1f} {link:>6} {psi_s:>6}  {detail}")
+            print(
+                f"{lead} | {party:<6} {rss:>11.0f} {cpu:>6.1f} {_fmt(info.get('link_s')):>6} "
+                f"{_fmt(info.get('psi_s')):>6}  {detail}"
+            )
         for key, value in run.extra.items():
             if key != "outputs":
-                print(f"{'':41} | {key}: {value}")
+                print(f"{'':43} | {key}: {value}")
+    print()
+    columns = f"{'median':<8} {'pinning':<7} {'runs':>4} {'wall s':>7} {'ratio':>5} {'psi ratio':>9}"
+    print(f"{columns} | max peak RSS MB per party")
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.mode, run.pinning), []).append(run)
+    for (mode, pinning), group in groups.items():
+        walls = [r.wall_s for r in group]
+        pairs = [ratios(r, runs) for r in group]
+        wall_ratios = [p[0] for p in pairs if p[0] is not None]
+        psi_ratios = [p[1] for p in pairs if p[1] is not None]
+        rss = {p: max(r.parties[p]["rss_mb"] for r in group) for p in PARTIES}
+        print(
+            f"{mode:<8} {pinning:<7} {len(group):>4} {statistics.median(walls):>7.2f} "
+            f"{_fmt(statistics.median(wall_ratios) if wall_ratios else None):>5} "
+            f"{_fmt(statistics.median(psi_ratios) if psi_ratios else None):>9} | "
+            + ", ".join(f"{p} {v:.0f}" for p, v in rss.items())
+        )
 
 
 def main() -> None:
@@ -529,7 +598,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--modes", default="bare,engine,gateway,nodes,builtin")
     parser.add_argument("--pinning", default="free,pinned")
-    parser.add_argument("--repeat", type=int, default=1, help="run each mode N times (all runs are printed)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run each mode N times (builtin once); medians are printed"
+    )
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--keep", action="store_true", help="keep the generated data and outputs")
     # child roles
@@ -564,6 +635,8 @@ def main() -> None:
             pinned = pinning == "pinned"
             for attempt in range(args.repeat):
                 for mode in args.modes.split(","):
+                    if mode == "builtin" and attempt > 0:
+                        continue  # ~100 s a run and compared with nothing: once per pinning
                     work = root / f"{mode}-{pinning}-{attempt}"
                     work.mkdir()
                     load = os.getloadavg()[0]
@@ -577,6 +650,7 @@ def main() -> None:
                     if isinstance(run, str):
                         print(f"{mode}: skipped: {run}")
                         continue
+                    run.attempt = attempt
                     runs.append(run)
         print()
         print_runs(runs)

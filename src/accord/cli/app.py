@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 import accord
-from accord.cli import audit, data, domain, job, logs, node, resources, route, watch
+from accord.cli import audit, data, domain, engine, job, logs, node, resources, route, watch
 
 app = typer.Typer(
     name="accord",
@@ -53,6 +53,7 @@ app.add_typer(domain.app, name="domain")
 app.add_typer(route.app, name="route")
 app.add_typer(data.app, name="data")
 app.add_typer(job.app, name="job")
+app.add_typer(engine.app, name="engine")
 
 
 def main() -> None:

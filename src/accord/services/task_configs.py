@@ -10,6 +10,7 @@ with the job's code, naming the task and the field.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from accord.errors import ErrorCode, InvalidArgument
 from accord.resources.job import Job, JobTask
@@ -20,10 +21,21 @@ TaskConfigCheck = Callable[[JobTask], None]
 
 def _check_builtin_psi(task: JobTask) -> None:
     from accord.engines.psi.config import parse_config
+
+    _check_psi_parties(task, parse_config)
+
+
+def _check_spu_psi(task: JobTask) -> None:
+    from accord.engines.spu_psi.config import parse_config
+
+    _check_psi_parties(task, parse_config)
+
+
+def _check_psi_parties(task: JobTask, parse: Callable[[str], Any]) -> None:
     from accord.engines.psi.errors import ConfigError
 
     try:
-        config = parse_config(task.input_config or "{}")
+        config = parse(task.input_config or "{}")
     except ConfigError as exc:
         raise ValueError(str(exc)) from exc
     task_parties = sorted({p.domain for p in task.parties})
@@ -38,7 +50,7 @@ def _check_builtin_psi(task: JobTask) -> None:
 
 
 # AppImage name -> check; engines that ship their own config model register here.
-CHECKS: dict[str, TaskConfigCheck] = {"psi": _check_builtin_psi}
+CHECKS: dict[str, TaskConfigCheck] = {"psi": _check_builtin_psi, "spu-psi": _check_spu_psi}
 
 
 def validate_job_task_configs(obj: AnyResource) -> None:

@@ -275,8 +275,9 @@ async def test_sigterm_stops_both_promptly_without_output(
     for proc in pair.procs.values():
         os.killpg(proc.pid, signal.SIGTERM)
     outcomes = await pair.finish(timeout=60)
+    summary = {p: (o.returncode, o.reason) for p, o in outcomes.items()}
     for outcome in outcomes.values():
-        assert outcome.returncode == 143, outcome.stderr[-2000:]
+        assert outcome.returncode == 143, (summary, outcome.stdout[-3000:])
         assert outcome.reason == "spu-psi: terminated: stopped by signal SIGTERM"
         assert not (outcome.work / "output.csv").exists() and not (outcome.work / ".spu-psi").exists()
 

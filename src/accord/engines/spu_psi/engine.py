@@ -21,7 +21,11 @@ Order, and the guarantee each step gives:
 6. fin: both confirm; only then is the output committed and `result.json` written.  Any failure
    before aborts the stream, so no partial output is ever registered.
 
-Always: the private dir and this process's libpsi trace files (`/tmp/psi_*.trace`) are removed.
+Always: the private dir and this process's libpsi trace files (`/tmp/psi_*.trace`) are removed.  In
+blackbox mode the link is neither stopped nor destroyed (`link.open_link` keeps the context alive until
+the process ends): `stop_link` and the context's destructor only end yacl's long polls, waiting up to a
+second for the current one, while every message of ours is already queued at the peer's gateway when
+`send` returns and the node drops the session's queues when the task ends.  The process just exits.
 """
 
 from __future__ import annotations
@@ -262,7 +266,7 @@ def _run(
             writer.abort()
         raise
     finally:
-        if lctx is not None:
+        if lctx is not None and plan.mode == "direct":
             close_link(lctx)
         progress.close()
         remove_private(ctx.work_dir)
@@ -285,7 +289,8 @@ def _tell_peer_we_failed(plan: LinkPlan, exc: PsiError) -> None:
     try:
         Control(lctx, plan).fail("hello", exc.kind)
     finally:
-        close_link(lctx)
+        if plan.mode == "direct":
+            close_link(lctx)
 
 
 def _open_writer(

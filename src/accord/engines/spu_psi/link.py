@@ -31,10 +31,19 @@ benchmark's decomposition of the gateway's cost); under a node engines never lis
            only) so its peer fails at once instead of waiting; "keys" (the distinct key count, which
            libpsi reveals anyway) lets both skip libpsi when one side is empty
     fin    {"v", "ok", "reason"}  after libpsi and after the receiver staged its output: nobody commits
-           an output until both said ok, so a party failing at any point leaves no output anywhere
+           an output until both said ok, so a party failing at any point leaves no output anywhere.
+           It also keeps each engine alive until its peer is done: `psi_execute` does not end at the
+           same moment at both parties, and its last message may still be in yacl's send queue when it
+           returns (over a direct brpc link a peer that already left makes that send fail and abort
+           the process; through the gateway the push is queued there whoever has left)
 
 yacl numbers its messages per link (a receive that timed out consumes a sequence number), so a receive
 is never retried and a control message is never sent while libpsi runs.
+
+Before yacl, `probe_transport` asks both gateways about the session (yacl retries a refused push for
+ever, silently); every native call that can block (link creation, receives, `psi_execute`) runs in a
+thread (`run_interruptibly`) so SIGTERM is handled at once, and `close_link` never calls `stop_link`
+while such a call is still running (it would wait for it).
 """
 
 from __future__ import annotations
@@ -166,7 +175,7 @@ def open_link(plan: LinkPlan, *, recv_timeout_s: float | None = None) -> Any:
             desc.add_party(name, plan.addresses[name])
     watchdog = timeout_s + LINK_WATCHDOG_MARGIN_S
     try:
-        return run_interruptibly(lambda: libspu.link.create_brpc(desc, plan.rank), "link", timeout=watchdog)
+        lctx = run_interruptibly(lambda: libspu.link.create_brpc(desc, plan.rank), "link", timeout=watchdog)
     except TimeoutError:
         raise PeerUnreachable(
             f"the link with {plan.peer} did not come up within {watchdog:g} s ({plan.describe()})"
@@ -178,6 +187,8 @@ def open_link(plan: LinkPlan, *, recv_timeout_s: float | None = None) -> Any:
                 f"{plan.peer}'s engine did not join the link within {timeout_s:g} s ({plan.describe()})"
             ) from None
         raise PeerUnreachable(f"cannot link with {plan.peer} ({plan.describe()}): {reason}") from None
+    _open_links.append(lctx)  # never destroyed: the destructor waits for yacl's current long poll (1 s)
+    return lctx
 
 
 def blackbox_environment(plan: LinkPlan) -> dict[str, str]:
@@ -292,6 +303,7 @@ class Control:
 
 
 _native_calls: set[threading.Thread] = set()
+_open_links: list[Any] = []
 
 
 def native_call_running() -> bool:
