@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from accord.engines.dataio import DataMeshClient
-from accord.engines.psi.config import PartyInput, PsiConfig, check_parties, parse_config
+from accord.engines.psi.config import PsiConfig, check_parties, parse_config
 from accord.engines.psi.crypto import new_scalar
-from accord.engines.psi.datamesh import DataMeshTableReader, DataMeshTableWriter, connect
-from accord.engines.psi.errors import ConfigError, InputError, PsiError
-from accord.engines.psi.io import TableReader, TableWriter, open_file_reader, open_file_writer
+from accord.engines.psi.datamesh import DataMeshTableWriter, connect
+from accord.engines.psi.errors import ConfigError, PsiError
+from accord.engines.psi.inputs import check_keys, resolve_input
+from accord.engines.psi.io import TableWriter, open_file_writer
 from accord.engines.psi.protocol import PsiSession, prepare_input
 from accord.engines.psi.transport import LinkTimeouts, PeerChannel
 from accord.engines.psi.workers import Masker, default_workers
@@ -47,33 +48,6 @@ log = logging.getLogger("accord.engines.psi")
 PORT_NAME = "psi"
 RESULT_FILE = "result.json"
 DEFAULT_OUTPUT = "output.csv"
-
-
-def resolve_input(spec: PartyInput, party: str, datamesh: DataMeshClient | None) -> TableReader:
-    """The reader for this party's input: DataMesh under a node, a local file otherwise."""
-    if datamesh is not None:
-        if spec.data is None:
-            raise ConfigError(
-                f"inputs.{party}.path: under a node (ACCORD_DATAMESH is set) data is read through DataMesh "
-                "only; give 'data' (a DomainData id, e.g. from `accord data add`)"
-            )
-        return DataMeshTableReader(datamesh, spec.data, field=f"inputs.{party}.data")
-    if spec.path is None:
-        raise ConfigError(
-            f"inputs.{party}.data: DomainData {spec.data!r} needs DataMesh, and ACCORD_DATAMESH is not set; "
-            "give 'path' (a local CSV/Parquet file) instead"
-        )
-    return open_file_reader(spec.path, spec.format)
-
-
-def check_keys(reader: TableReader, keys: list[str], party: str) -> None:
-    names = [str(name) for name in reader.schema().names]
-    for key in keys:
-        if key not in names:
-            raise InputError(
-                f"inputs.{party}.keys: column {key!r} not found in {reader.description} "
-                f"(columns: {', '.join(names) or 'none'})"
-            )
 
 
 def listen_port(ctx: TaskContext, environ: Mapping[str, str]) -> int:

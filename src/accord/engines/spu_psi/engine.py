@@ -43,10 +43,11 @@ from typing import Any
 import pyarrow.compute as pc
 
 from accord.engines.dataio import DataMeshClient
-from accord.engines.psi.config import MATCH_COLUMN, PartyInput, check_parties
-from accord.engines.psi.datamesh import DataMeshTableReader, DataMeshTableWriter, connect
-from accord.engines.psi.errors import ConfigError, InputError, PsiError
-from accord.engines.psi.io import TableReader, TableWriter, open_file_reader, open_file_writer
+from accord.engines.psi.config import MATCH_COLUMN, check_parties
+from accord.engines.psi.datamesh import DataMeshTableWriter, connect
+from accord.engines.psi.errors import ConfigError, PsiError
+from accord.engines.psi.inputs import check_keys, resolve_input
+from accord.engines.psi.io import TableWriter, open_file_writer
 from accord.engines.sdk import TaskContext
 from accord.engines.spu_psi.config import SpuPsiConfig, parse_config
 from accord.engines.spu_psi.files import TraceFiles, private_dir, remove_private
@@ -75,33 +76,6 @@ log = logging.getLogger("accord.engines.spu_psi")
 RESULT_FILE = "result.json"
 DEFAULT_OUTPUT = "output.csv"
 FAIL_NOTICE_TIMEOUT_S = 15.0
-
-
-def resolve_input(spec: PartyInput, party: str, datamesh: DataMeshClient | None) -> TableReader:
-    """DataMesh under a node (only `data`), a local file otherwise (only `path`)."""
-    if datamesh is not None:
-        if spec.data is None:
-            raise ConfigError(
-                f"inputs.{party}.path: under a node (ACCORD_DATAMESH is set) data is read through DataMesh "
-                "only; give 'data' (a DomainData id, e.g. from `accord data add`)"
-            )
-        return DataMeshTableReader(datamesh, spec.data, field=f"inputs.{party}.data")
-    if spec.path is None:
-        raise ConfigError(
-            f"inputs.{party}.data: DomainData {spec.data!r} needs DataMesh, and ACCORD_DATAMESH is not set; "
-            "give 'path' (a local CSV/Parquet file) instead"
-        )
-    return open_file_reader(spec.path, spec.format)
-
-
-def check_keys(reader: TableReader, keys: list[str], party: str) -> None:
-    names = [str(name) for name in reader.schema().names]
-    for key in keys:
-        if key not in names:
-            raise InputError(
-                f"inputs.{party}.keys: column {key!r} not found in {reader.description} "
-                f"(columns: {', '.join(names) or 'none'})"
-            )
 
 
 class ProgressReporter:
