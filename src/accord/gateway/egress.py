@@ -46,7 +46,16 @@ from accord.gateway.http1 import (
 )
 from accord.gateway.links import LinkPool, PeerConnector, classify_fresh_failure
 from accord.gateway.local import PREFIX_HEADER, TUNNEL_PROTOCOL, LocalServices
-from accord.gateway.ptp import PtpError, PtpTransport, envelope_response, parse_ptp, ptp_code, ptp_method
+from accord.gateway.ptp import (
+    ClientGone,
+    PtpError,
+    PtpTransport,
+    envelope_response,
+    parse_ptp,
+    ptp_code,
+    ptp_method,
+    unless_client_leaves,
+)
 from accord.gateway.refusals import GatewayError, NotAllowed, PeerUnauthorized, refusal_from_response
 from accord.gateway.registry import RESERVED_SERVICES
 from accord.gateway.stream import Stream, StreamClosed, bounded
@@ -198,6 +207,10 @@ class EgressPort:
                 plan = self.table.plan(p.target)
             except GatewayError as exc:
                 raise PtpError(ptp_code(exc), exc.message) from exc
+            # the body is read ahead so that the engine's connection can be watched while the peer holds
+            # the push (it may wait there for queue room): if the engine leaves, the forward is closed
+            # and the peer drops the push instead of queueing one the engine will send again
+            req = await self.ptp.buffer_push(stream, req)
             prefix = plan.path_prefix.encode()
             host = b"transport.%s.svc" % p.target.encode()
             extra = [(b"Host", host)]
@@ -211,19 +224,26 @@ class EgressPort:
                 req, target=prefix + req.target, drop=DROP_OUTBOUND | {b"host"}, extra=extra
             )
             try:
-                return await forward_pooled(
+                result = await unless_client_leaves(
                     stream,
-                    req,
-                    head,
-                    self.pool,
-                    p.target,
-                    lambda: self._open(p.target),
-                    tracker=self.tracker,
-                    domains=[p.target, *([plan.transit] if plan.transit else [])],
-                    classify=self._classifier(p.target),
+                    forward_pooled(
+                        stream,
+                        req,
+                        head,
+                        self.pool,
+                        p.target,
+                        lambda: self._open(p.target),
+                        tracker=self.tracker,
+                        domains=[p.target, *([plan.transit] if plan.transit else [])],
+                        classify=self._classifier(p.target),
+                    ),
                 )
             except GatewayError as exc:
                 raise PtpError(ptp_code(exc), exc.message) from exc
+            if isinstance(result, ClientGone):
+                log.info("egress: PTP push for %s dropped: the engine left while it was held", p.target)
+                return False
+            return result
         except PtpError as exc:
             log.info("egress: PTP %s refused: %s %s", method, exc.code, exc.message)
             close = req.has_body or not req.keep_alive

@@ -31,19 +31,31 @@ What Accord adds, because a queue is a way into a running computation:
 - **Bounded memory.**  Each session holds at most `session_limit` bytes and all sessions together at most
   `total_limit`; a push that does not fit waits up to its `timeout` for pops to make room, then gets
   `E0000000700` (QueueFull), as yacl expects.  A single message is at most `max_message` bytes.
+- **A client that gives up loses and doubles nothing.**  A pop holds its message only while the answer is
+  written: if it cannot be (the connection is gone, a write fails, or it is not written within
+  `ANSWER_TIMEOUT`) the message goes back to the head of its queue, and while a message is out no other
+  pop of its topic is served, so the order holds.  A push or pop that waits watches its connection: if
+  the client leaves, the push is dropped (the client sends it again) and the pop takes nothing.  The
+  egress reads a forwarded push's body ahead and closes the forward when the engine leaves, so the peer
+  that holds the push sees its client gone too.  Waits end a little before the client's `timeout`
+  (`answer_within`), so the answer is on its way before the client gives up.
+- **Counters per session** (pushes, pops, empty pops, bytes, QueueFull answers, drops, put-backs) are
+  logged in one line when the session is released.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
+import dataclasses
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import parse_qs
 
-from accord.gateway.http1 import Framing, RequestHead, read_body
+from accord.gateway.http1 import Framing, Headers, RequestHead, read_body
 from accord.gateway.refusals import (
     BadRequest,
     GatewayError,
@@ -53,7 +65,7 @@ from accord.gateway.refusals import (
     UnknownRoute,
 )
 from accord.gateway.registry import ServiceRegistry, SessionEntry
-from accord.gateway.stream import Stream, bounded
+from accord.gateway.stream import READ_SIZE, Stream, bounded
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +95,11 @@ METHODS = {
 }
 DEFAULT_TIMEOUT = 120.0
 MAX_TIMEOUT = 300.0
+ANSWER_MARGIN = 1.0  # a long poll is answered up to this much (at most a fifth of it) before its timeout
+ANSWER_TIMEOUT = 30.0  # a message answer not written by then is put back (the connection is dropped)
+WATCH_LIMIT = 64 * 1024  # read-ahead a watched connection may fill with pipelined bytes
+
+T = TypeVar("T")
 
 
 class PtpError(Exception):
@@ -217,16 +234,87 @@ def parse_ptp(req: RequestHead, method: str) -> PtpRequest:
 # -- queues -----------------------------------------------------------------------------------------
 
 
+class ClientGone(Exception):
+    """The client of a waiting push or pop closed its connection: the request is dropped unanswered."""
+
+
+Gone: TypeAlias = Callable[[], "asyncio.Future[None]"]
+"""Starts (once) watching a request's connection; the future is done when its client has left."""
+
+
+@dataclass(slots=True)
+class _Queue:
+    messages: collections.deque[bytes] = field(default_factory=collections.deque)
+    busy: bool = False  # its head message was taken and is being written to a popper
+
+
+@dataclass(slots=True)
+class _Stats:
+    pushes: int = 0
+    pushed: int = 0
+    pops: int = 0
+    popped: int = 0
+    empty: int = 0
+    full: int = 0
+    dropped: int = 0
+    requeued: int = 0
+
+    def summary(self, unread: int) -> str:
+        parts = [
+            f"{self.pushes} pushes ({_mb(self.pushed)})",
+            f"{self.pops} pops ({_mb(self.popped)})",
+            f"{self.empty} empty pops",
+        ]
+        for count, what in (
+            (self.full, "QueueFull answers"),
+            (self.dropped, "pushes dropped (client left while waiting)"),
+            (self.requeued, "pops put back (answer not written)"),
+        ):
+            if count:
+                parts.append(f"{count} {what}")
+        if unread:
+            parts.append(f"{_mb(unread)} left unread")
+        return ", ".join(parts)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
 @dataclass
 class _Session:
-    topics: dict[str, collections.deque[bytes]] = field(default_factory=dict)
+    topics: dict[str, _Queue] = field(default_factory=dict)
     size: int = 0
     released: bool = False
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    stats: _Stats = field(default_factory=_Stats)
+    _changed: asyncio.Future[None] | None = None
+
+    def changed(self) -> asyncio.Future[None]:
+        """Done at the next `signal` (created on demand: nothing to wake when nobody waits)."""
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        return self._changed
 
     def signal(self) -> None:
-        self.changed.set()
-        self.changed = asyncio.Event()
+        if self._changed is not None:
+            if not self._changed.done():
+                self._changed.set_result(None)
+            self._changed = None
+
+
+@dataclass(slots=True)
+class Taken:
+    """A message taken from its queue but not yet delivered: `PtpHub.settle` commits or puts it back.
+
+    While a message is out, its queue serves no other pop, so a message put back is again the next one
+    and the order of a topic never changes.
+    """
+
+    session: _Session
+    key: str
+    queue: _Queue
+    data: bytes
+    settled: bool = False
 
 
 class PtpHub:
@@ -250,20 +338,36 @@ class PtpHub:
         return session
 
     async def _wait(
-        self, session: _Session, ready: collections.abc.Callable[[], bool], timeout: float
+        self,
+        session: _Session,
+        ready: Callable[[], bool],
+        timeout: float,
+        gone: Gone | None,
     ) -> bool:
-        deadline = time.monotonic() + timeout
-        while not ready():
+        """Wait until `ready()`; False after `timeout`.  `gone` is started only if there is a wait."""
+        deadline: float | None = None
+        watch: asyncio.Future[None] | None = None
+        while True:
             if session.released:
                 raise PtpError(SESSION_RELEASED, "session released while waiting")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if watch is not None and watch.done():
+                raise ClientGone
+            if ready():
+                return True
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + timeout
+            if deadline <= now:
                 return False
-            with contextlib.suppress(TimeoutError):
-                await bounded(session.changed.wait(), remaining)
-        return True
+            if gone is not None and watch is None:
+                watch = gone()
+            waiters: set[asyncio.Future[None]] = {session.changed()}
+            if watch is not None:
+                waiters.add(watch)
+            await asyncio.wait(waiters, timeout=deadline - now, return_when=asyncio.FIRST_COMPLETED)
 
-    async def push(self, sid: str, key: str, data: bytes, timeout: float) -> None:
+    async def push(self, sid: str, key: str, data: bytes, timeout: float, gone: Gone | None = None) -> None:
+        """Queue `data`; waits up to `timeout` for room (QueueFull after), `ClientGone` if `gone` fires."""
         if len(data) > min(self.max_message, self.session_limit):
             raise PtpError(
                 TOO_LARGE, f"message of {len(data)} bytes exceeds the {self.max_message}-byte limit"
@@ -275,37 +379,95 @@ class PtpHub:
                 session.size + len(data) <= self.session_limit and self.total + len(data) <= self.total_limit
             )
 
-        if not await self._wait(session, fits, timeout):
+        try:
+            room = await self._wait(session, fits, timeout, gone)
+        except ClientGone:
+            session.stats.dropped += 1
+            raise
+        if not room:
+            session.stats.full += 1
             raise PtpError(QUEUE_FULL, f"session {sid} queue is full ({session.size} bytes); retry later")
-        session.topics.setdefault(key, collections.deque()).append(data)
+        queue = session.topics.get(key)
+        if queue is None:
+            queue = session.topics[key] = _Queue()
+        queue.messages.append(data)
         session.size += len(data)
         self.total += len(data)
+        session.stats.pushes += 1
+        session.stats.pushed += len(data)
         session.signal()
 
-    async def pop(self, sid: str, key: str, timeout: float) -> bytes | None:
+    async def take(self, sid: str, key: str, timeout: float, gone: Gone | None = None) -> Taken | None:
+        """The next message of `key` (waiting up to `timeout`), to be settled; None if there is none."""
         session = self._session(sid)
-        if not await self._wait(session, lambda: bool(session.topics.get(key)), timeout):
+
+        def ready() -> bool:
+            queue = session.topics.get(key)
+            return queue is not None and not queue.busy and bool(queue.messages)
+
+        if not await self._wait(session, ready, timeout, gone):
+            session.stats.empty += 1
             return None
         return self._take(session, key)
 
-    def peek(self, sid: str, key: str) -> bytes | None:
+    def try_take(self, sid: str, key: str) -> Taken | None:
+        """`take` without waiting (peek)."""
         session = self._session(sid)
-        return self._take(session, key) if session.topics.get(key) else None
+        queue = session.topics.get(key)
+        if queue is None or queue.busy or not queue.messages:
+            session.stats.empty += 1
+            return None
+        return self._take(session, key)
 
-    def _take(self, session: _Session, key: str) -> bytes:
+    def _take(self, session: _Session, key: str) -> Taken:
         queue = session.topics[key]
-        data = queue.popleft()
-        if not queue:
-            del session.topics[key]
+        data = queue.messages.popleft()
+        queue.busy = True
         session.size -= len(data)
         self.total -= len(data)
+        session.signal()  # room for waiting pushes
+        return Taken(session, key, queue, data)
+
+    def settle(self, taken: Taken, *, delivered: bool) -> None:
+        """Commit a delivered message, or put it back at the head of its queue (unless released since)."""
+        if taken.settled:
+            return
+        taken.settled = True
+        session, queue, n = taken.session, taken.queue, len(taken.data)
+        queue.busy = False
+        current = session.topics.get(taken.key) is queue and not session.released
+        if delivered:
+            session.stats.pops += 1
+            session.stats.popped += n
+        elif current:
+            queue.messages.appendleft(taken.data)
+            session.size += n
+            self.total += n
+            session.stats.requeued += 1
+        if current and not queue.messages:
+            del session.topics[taken.key]
         session.signal()
-        return data
+
+    async def pop(self, sid: str, key: str, timeout: float) -> bytes | None:
+        """`take` and count it delivered at once (no connection to lose it on)."""
+        taken = await self.take(sid, key, timeout)
+        if taken is None:
+            return None
+        self.settle(taken, delivered=True)
+        return taken.data
+
+    def peek(self, sid: str, key: str) -> bytes | None:
+        taken = self.try_take(sid, key)
+        if taken is None:
+            return None
+        self.settle(taken, delivered=True)
+        return taken.data
 
     def release_topic(self, sid: str, key: str) -> None:
         session = self._sessions.get(sid)
         if session is not None and not session.released:
-            freed = sum(len(m) for m in session.topics.pop(key, ()))
+            queue = session.topics.pop(key, None)
+            freed = sum(len(m) for m in queue.messages) if queue is not None else 0
             session.size -= freed
             self.total -= freed
             session.signal()
@@ -317,6 +479,8 @@ class PtpHub:
             if not forget:
                 self._sessions[sid] = _Session(released=True)
             return
+        if not session.released:
+            log.info("PTP session %s released: %s", sid, session.stats.summary(session.size))
         self.total -= session.size
         session.topics.clear()
         session.size = 0
@@ -327,8 +491,82 @@ class PtpHub:
         session = self._sessions.get(sid)
         return session.size if session is not None else 0
 
+    def stats(self, sid: str) -> _Stats | None:
+        """The counters of a session (None if it never saw a request)."""
+        session = self._sessions.get(sid)
+        return session.stats if session is not None else None
+
 
 # -- the two ends -----------------------------------------------------------------------------------
+
+
+def answer_within(timeout: float) -> float:
+    """How long the gateway may hold a request whose client waits `timeout`: a little less, so the
+    answer (an empty pop, a QueueFull) is on its way before the client gives up on it."""
+    return max(0.0, timeout - min(ANSWER_MARGIN, timeout * 0.2))
+
+
+async def client_gone(stream: Stream) -> None:
+    """Return when the client of `stream` closes its connection (EOF or error).
+
+    Reads into the stream's read-ahead, so bytes a client pipelines are kept for the next request; after
+    reading `WATCH_LIMIT` of them it stops reading (and noticing).  Cancel-safe: a cancelled read loses
+    nothing.
+    """
+    read = 0  # counted apart from the read-ahead, which may hold a push body being forwarded from it
+    try:
+        while read < WATCH_LIMIT:
+            data = await stream.reader.read(READ_SIZE)
+            if not data:
+                return
+            stream.buf += data
+            read += len(data)
+    except Exception:  # a reset, a TLS error: the client is gone all the same
+        return
+    await asyncio.get_running_loop().create_future()  # until cancelled
+
+
+class _Watch:
+    """A `client_gone` task started on first use (most requests never wait) and stopped by `stop`."""
+
+    __slots__ = ("stream", "task")
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Future[None]:
+        if self.task is None:
+            self.task = asyncio.create_task(client_gone(self.stream))
+        return self.task
+
+    async def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            await asyncio.wait({self.task})  # its read is off the stream before anyone reads again
+
+
+async def unless_client_leaves(stream: Stream, work: Coroutine[Any, Any, T]) -> T | ClientGone:
+    """Run `work` (forwarding a push), cancelling it if the client of `stream` disconnects meanwhile.
+
+    `work` must not read from `stream` (the watch does): the push body is in the read-ahead already.
+    Returns `work`'s result, or a `ClientGone` when it was cancelled for that reason.
+    """
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(client_gone(stream))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+            if task.cancelled():
+                return ClientGone()
+        return task.result()
+    finally:
+        for pending in (task, watch):
+            if not pending.done():
+                pending.cancel()
+                await asyncio.wait({pending})
 
 
 class PtpTransport:
@@ -358,6 +596,20 @@ class PtpTransport:
             raise PtpError(FORBIDDEN, f"x-ptp-source-node-id {p.source!r} is not this node ({self.me})")
         self.session_for(p, p.target)
 
+    async def buffer_push(self, stream: Stream, req: RequestHead) -> RequestHead:
+        """Read a push's body ahead (into `stream`'s read-ahead), before it is forwarded to a peer.
+
+        Then nothing reads the engine's connection while the peer holds the push, so it can be watched
+        (`unless_client_leaves`).  Returns the head to forward: a chunked body is re-framed with a length.
+        """
+        body = await self._body(stream, req)
+        stream.buf[0:0] = body
+        if req.framing is Framing.LENGTH:
+            return req
+        fields = [(n, v) for n, v in req.headers.items if n.lower() not in (b"transfer-encoding", b"trailer")]
+        fields.append((b"Content-Length", b"%d" % len(body)))
+        return dataclasses.replace(req, headers=Headers(fields), framing=Framing.LENGTH, length=len(body))
+
     async def handle_engine(self, stream: Stream, req: RequestHead, p: PtpRequest) -> bool:
         """pop / peek / release, and pushes addressed to this node itself."""
         if p.source and p.source != self.me:
@@ -365,8 +617,9 @@ class PtpTransport:
         if p.method == "push":
             self.session_for(p, self.me)
             body = await self._body(stream, req)
-            await self.hub.push(p.session, f"{self.me}-{p.topic}", body, p.timeout)
-            return await self._answer(stream, req)
+            return await self._push(stream, req, p, f"{self.me}-{p.topic}", body)
+        if req.has_body:  # meaningless for these methods, but it must not be taken for the next request
+            await self._body(stream, req, allow_empty=True)
         if p.method == "release":
             self.session_for(p, self.me)
             if p.topic:
@@ -376,12 +629,17 @@ class PtpTransport:
             return await self._answer(stream, req)
         self.session_for(p, p.target)
         key = f"{p.target}-{p.topic}"
-        payload = (
-            self.hub.peek(p.session, key)
-            if p.method == "peek"
-            else await self.hub.pop(p.session, key, p.timeout)
-        )
-        return await self._answer(stream, req, payload or b"")
+        if p.method == "peek":
+            return await self._deliver(stream, req, self.hub.try_take(p.session, key))
+        watch = _Watch(stream)
+        try:
+            taken = await self.hub.take(p.session, key, answer_within(p.timeout), watch.start)
+        except ClientGone:
+            log.debug("PTP pop for %s in session %s abandoned: the engine left", key, p.session)
+            return False
+        finally:
+            await watch.stop()
+        return await self._deliver(stream, req, taken)
 
     async def handle_peer(self, stream: Stream, req: RequestHead, source: str) -> bool:
         """A push from peer `source` (TLS identity) on the public port."""
@@ -399,10 +657,50 @@ class PtpTransport:
             )
         self.session_for(p, source)
         body = await self._body(stream, req)
-        await self.hub.push(p.session, f"{source}-{p.topic}", body, p.timeout)
+        return await self._push(stream, req, p, f"{source}-{p.topic}", body)
+
+    async def _push(self, stream: Stream, req: RequestHead, p: PtpRequest, key: str, body: bytes) -> bool:
+        """Queue a push, unless its client leaves first (it will retry: queueing it would duplicate it)."""
+        watch = _Watch(stream)
+        try:
+            if stream.closed:
+                raise ClientGone
+            await self.hub.push(p.session, key, body, answer_within(p.timeout), watch.start)
+        except ClientGone:
+            log.info(
+                "PTP push of %d bytes for %s in session %s dropped: its client left while it waited for room",
+                len(body),
+                key,
+                p.session,
+            )
+            return False
+        finally:
+            await watch.stop()
         return await self._answer(stream, req)
 
-    async def _body(self, stream: Stream, req: RequestHead) -> bytes:
+    async def _deliver(self, stream: Stream, req: RequestHead, taken: Taken | None) -> bool:
+        """Answer a pop or peek; a message whose answer cannot be written goes back to its queue."""
+        if taken is None:
+            return await self._answer(stream, req)
+        if stream.closed:
+            self.hub.settle(taken, delivered=False)
+            return False
+        try:
+            stream.write(envelope_response(OK, payload=taken.data, close=not req.keep_alive))
+            await bounded(stream.drain(), ANSWER_TIMEOUT)
+        except BaseException as exc:
+            stream.abort()  # what is still buffered must never reach the client: the message is back
+            self.hub.settle(taken, delivered=False)
+            if isinstance(exc, OSError | TimeoutError):
+                log.info(
+                    "PTP pop answer of %d bytes not written (%r); message put back", len(taken.data), exc
+                )
+                return False
+            raise
+        self.hub.settle(taken, delivered=True)
+        return req.keep_alive
+
+    async def _body(self, stream: Stream, req: RequestHead, *, allow_empty: bool = False) -> bytes:
         if req.framing is Framing.LENGTH and req.length > self.hub.max_message:
             raise PtpError(
                 TOO_LARGE, f"message of {req.length} bytes exceeds the {self.hub.max_message}-byte limit"
@@ -411,7 +709,7 @@ class PtpTransport:
             body = await read_body(stream, req, self.hub.max_message)
         except BadRequest as exc:
             raise PtpError(TOO_LARGE if "limit" in exc.message else INVALID_REQUEST, exc.message) from exc
-        if not body:
+        if not body and not allow_empty:
             raise PtpError(INVALID_REQUEST, "empty message")
         return body
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -173,3 +174,71 @@ async def test_peers_may_only_push(nodes) -> None:
     writer.close()
     _, body = raw.split(b"\r\n\r\n", 1)
     assert decode_outbound(body)[1] == FORBIDDEN
+
+
+async def _raw_request(port: int, request: bytes) -> asyncio.StreamWriter:
+    """An engine's request on a connection of its own (to drop it midway, as a client that gives up)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    return writer
+
+
+def _raw_head(method: str, *, session: str, target: str, timeout: float, length: int = 0) -> bytes:
+    return (
+        f"POST /v1/interconn/chan/{method}?timeout={timeout:g} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"x-ptp-session-id: {session}\r\nx-ptp-topic: t\r\nx-ptp-target-node-id: {target}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def test_a_pop_whose_engine_left_does_not_lose_the_next_message(nodes) -> None:
+    alice, bob = await _pair(nodes)
+    for node in (alice, bob):
+        node.registry.register_session("job1-psi", parties={"alice", "bob"})
+    head = _raw_head("pop", session="job1-psi", target="alice", timeout=20)
+    writer = await _raw_request(bob.gateway.egress_port, head)
+    await asyncio.sleep(0.2)  # the pop is waiting at bob...
+    writer.close()  # ...when its client gives up
+    await writer.wait_closed()
+    await asyncio.sleep(0.2)
+    assert (await ptp(alice, "push", target="bob", body=b"hello"))[1] == OK
+    assert await ptp(bob, "pop", target="alice", timeout=5) == (b"hello", OK, "")
+
+
+async def test_a_forwarded_push_waiting_for_room_is_dropped_when_its_engine_leaves(nodes) -> None:
+    alice, bob = await _pair(nodes, GatewayConfig(ptp_session_limit=MiB, ptp_max_message=MiB))
+    for node in (alice, bob):
+        node.registry.register_session("s1", parties={"alice", "bob"})
+    chunk = b"x" * (600 * 1024)
+    assert (await ptp(alice, "push", session="s1", target="bob", body=chunk, timeout=0))[1] == OK
+    head = _raw_head("push", session="s1", target="bob", timeout=20, length=len(chunk))
+    writer = await _raw_request(alice.gateway.egress_port, head + b"y" * len(chunk))
+    await asyncio.sleep(0.5)  # forwarded to bob, where it waits for room...
+    writer.close()  # ...when the engine gives up (it would push it again)
+    await writer.wait_closed()
+    for _ in range(50):  # the disconnect reaches bob: alice closes the forward
+        stats = bob.gateway.ptp.hub.stats("s1")
+        if stats is not None and stats.dropped:
+            break
+        await asyncio.sleep(0.1)
+    assert (await ptp(bob, "pop", session="s1", target="alice", timeout=5))[0] == chunk
+    assert await ptp(bob, "pop", session="s1", target="alice", timeout=1) == (b"", OK, "")  # not queued
+    assert bob.gateway.ptp.hub.total == 0
+    # the link is usable afterwards
+    assert (await ptp(alice, "push", session="s1", target="bob", body=b"z", timeout=0))[1] == OK
+    assert (await ptp(bob, "pop", session="s1", target="alice", timeout=5))[0] == b"z"
+
+
+async def test_long_polls_are_answered_before_their_timeout(nodes) -> None:
+    alice, bob = await _pair(nodes, GatewayConfig(ptp_session_limit=MiB, ptp_max_message=MiB))
+    for node in (alice, bob):
+        node.registry.register_session("s1", parties={"alice", "bob"})
+    started = time.monotonic()
+    assert await ptp(bob, "pop", session="s1", target="alice", timeout=2) == (b"", OK, "")
+    assert 1.0 < time.monotonic() - started < 2.0
+    chunk = b"x" * (600 * 1024)
+    assert (await ptp(alice, "push", session="s1", target="bob", body=chunk, timeout=0))[1] == OK
+    started = time.monotonic()
+    assert (await ptp(alice, "push", session="s1", target="bob", body=chunk, timeout=2))[1] == QUEUE_FULL
+    assert 1.0 < time.monotonic() - started < 2.0
