@@ -33,7 +33,7 @@ import hmac
 import logging
 from collections.abc import Callable
 
-from accord.gateway.forward import forward_pooled, request_head_bytes, splice
+from accord.gateway.forward import forward_pooled, request_head_bytes, send_refusal, splice
 from accord.gateway.hosts import parse_service_host
 from accord.gateway.http1 import (
     MAX_HEAD_BYTES,
@@ -50,10 +50,10 @@ from accord.gateway.ptp import (
     ClientGone,
     PtpError,
     PtpTransport,
-    envelope_response,
     parse_ptp,
     ptp_code,
     ptp_method,
+    send_ptp_refusal,
     unless_client_leaves,
 )
 from accord.gateway.refusals import GatewayError, NotAllowed, PeerUnauthorized, refusal_from_response
@@ -139,13 +139,7 @@ class EgressPort:
                 keep = await self._dispatch(stream, req)
             except GatewayError as exc:
                 log.info("egress: refused %s %s: %s", req.method.decode(), req.host.decode(), exc)
-                close = req.has_body or not req.keep_alive
-                try:
-                    stream.write(exc.response(self.me, close=close))
-                    await stream.drain()
-                except OSError:
-                    return
-                keep = not close
+                keep = await send_refusal(stream, req, exc, self.me)
             except (OSError, StreamClosed):
                 return
             if not keep:
@@ -246,10 +240,7 @@ class EgressPort:
             return result
         except PtpError as exc:
             log.info("egress: PTP %s refused: %s %s", method, exc.code, exc.message)
-            close = req.has_body or not req.keep_alive
-            stream.write(envelope_response(exc.code, exc.message, close=close))
-            await stream.drain()
-            return not close
+            return await send_ptp_refusal(stream, req, exc)
 
     def _token(self, plan: RoutePlan) -> tuple[int, bytes]:
         tokens = self.tokens.tokens(self.table.route(plan.destination), plan.destination)

@@ -91,6 +91,20 @@ def response_head_bytes(resp: ResponseHead, *, close: bool) -> bytes:
     return serialize_head(b"HTTP/1.1 %d %s" % (resp.status, resp.reason), fields)
 
 
+async def send_refusal(client: Stream, req: RequestHead, error: GatewayError, refused_by: str) -> bool:
+    """Answer `req` with `error`; whether the client connection may carry another request.
+
+    A refused request's body is never read, so a request with a body closes the connection.
+    """
+    close = req.has_body or not req.keep_alive
+    try:
+        client.write(error.response(refused_by, close=close))
+        await client.drain()
+    except OSError:
+        return False
+    return not close
+
+
 async def relay(client: Stream, req: RequestHead, head: bytes, upstream: Stream) -> RelayResult:
     """One exchange: `head` (the rewritten request head) and the body to `upstream`, the response back."""
     upstream.write(head)

@@ -339,33 +339,12 @@ async def _probe(
                 "nonce": nonce,
             }
         ).encode()
-        link.write(
-            serialize_head(
-                b"POST " + plan.path_prefix.encode() + HANDSHAKE_PATH + b" HTTP/1.1",
-                [
-                    (b"Host", b"handshake.%s.svc" % destination.encode()),
-                    (b"Content-Type", b"application/json"),
-                    (b"Content-Length", b"%d" % len(body)),
-                    (b"Connection", b"close"),
-                ],
-            )
-            + body
-        )
-        try:
-            await link.drain()
-            raw = await link.read_head(MAX_HEAD_BYTES)
-            if raw is None:
-                raise classify_fresh_failure(None, destination)
-            response = parse_response_head(raw, b"POST")
-            if response.framing is not Framing.LENGTH or response.length > MAX_HANDSHAKE_BYTES:
-                raise PeerUnreachable(f"{destination} answered the handshake without a bounded body")
-            payload = await link.read_exact(response.length)
-        except (OSError, ssl.SSLError, StreamClosed) as exc:
-            raise classify_fresh_failure(exc, destination) from exc
+        target = plan.path_prefix.encode() + HANDSHAKE_PATH
+        status, headers, payload = await _exchange(link, destination, target, [], body)
     finally:
         link.abort()
-    if response.status != 200:
-        raise refusal_from_response(response.status, response.headers.first_values(), via=destination)
+    if status != 200:
+        raise refusal_from_response(status, headers, via=destination)
     try:
         reply = json.loads(payload)
         domain, version = str(reply["domain"]), str(reply["protocol_version"])

@@ -178,6 +178,14 @@ def envelope_response(
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+async def send_ptp_refusal(stream: Stream, req: RequestHead, error: PtpError) -> bool:
+    """Answer `req` with `error` as an envelope; whether the connection may carry another request."""
+    close = req.has_body or not req.keep_alive
+    stream.write(envelope_response(error.code, error.message, close=close))
+    await stream.drain()
+    return not close
+
+
 def ptp_code(error: GatewayError) -> str:
     """The transport code for a gateway refusal met while forwarding a push."""
     if isinstance(error, PeerUnauthorized | NotAllowed | Misdirected):

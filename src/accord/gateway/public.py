@@ -35,7 +35,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from accord.gateway import handshake
-from accord.gateway.forward import splice
+from accord.gateway.forward import send_refusal, splice
 from accord.gateway.hosts import parse_service_host
 from accord.gateway.http1 import (
     MAX_HEAD_BYTES,
@@ -46,7 +46,7 @@ from accord.gateway.http1 import (
 )
 from accord.gateway.links import TRANSIT_PROTOCOL, TRANSIT_TO_HEADER
 from accord.gateway.local import TUNNEL_PROTOCOL, LocalServices, strip_prefix
-from accord.gateway.ptp import PtpError, PtpTransport, envelope_response
+from accord.gateway.ptp import PtpError, PtpTransport, send_ptp_refusal
 from accord.gateway.refusals import (
     BadRequest,
     GatewayError,
@@ -167,13 +167,7 @@ class PublicPort:
                 log.info(
                     "public port: refused %s %s from %s: %s", req.method.decode(), req.host.decode(), who, exc
                 )
-                close = req.has_body or not req.keep_alive
-                try:
-                    stream.write(exc.response(self.me, close=close))
-                    await stream.drain()
-                except OSError:
-                    return
-                keep = not close
+                keep = await send_refusal(stream, req, exc, self.me)
             except (OSError, StreamClosed):
                 return
             if not keep:
@@ -244,10 +238,7 @@ class PublicPort:
                 return await self.ptp.handle_peer(stream, req, source)
             except PtpError as exc:
                 log.info("public port: PTP push from %s refused: %s %s", source, exc.code, exc.message)
-                close = req.has_body or not req.keep_alive
-                stream.write(envelope_response(exc.code, exc.message, close=close))
-                await stream.drain()
-                return not close
+                return await send_ptp_refusal(stream, req, exc)
         if service == "gateway":
             raise NotAllowed("the gateway host serves nothing to peers")
         if req.upgrade is not None and req.upgrade.lower() == TUNNEL_PROTOCOL:

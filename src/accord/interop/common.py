@@ -96,6 +96,25 @@ async def routes_from(store: Store, me: str) -> set[str]:
     return out
 
 
+async def delete_tasks_of(store: Store, job: str, actor: str) -> None:
+    """Delete the Tasks of Job `job` (label `accord/job`), each with its own audit record."""
+    for task in await store.list("Task", selector={JOB_LABEL: job}):
+        try:
+            await store.delete(
+                "Task",
+                task.meta.name,
+                audit=AuditEntry(
+                    actor=actor,
+                    action="delete",
+                    target_kind="Task",
+                    target_name=task.meta.name,
+                    details={"cascade": f"Job/{job}"},
+                ),
+            )
+        except NotFound:  # a controller removed it first; the outcome is the same
+            continue
+
+
 async def find(store: Store, kind: str, name: str) -> AnyResource | None:
     try:
         return await store.get(kind, name)

@@ -39,7 +39,7 @@ from typing import cast
 from accord.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, PermissionDenied
 from accord.interop.commands import apply_command
 from accord.interop.common import (
-    JOB_LABEL,
+    delete_tasks_of,
     find,
     is_mirror,
     phase_entry,
@@ -327,18 +327,4 @@ class JobInbox:
             )
         except NotFound:
             return
-        for task in await self.store.list("Task", selector={JOB_LABEL: job.meta.name}):
-            try:
-                await self.store.delete(
-                    "Task",
-                    task.meta.name,
-                    audit=AuditEntry(
-                        actor=actor,
-                        action="delete",
-                        target_kind="Task",
-                        target_name=task.meta.name,
-                        details={"cascade": f"Job/{job.meta.name}"},
-                    ),
-                )
-            except NotFound:
-                continue
+        await delete_tasks_of(self.store, job.meta.name, actor)

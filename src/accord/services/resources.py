@@ -46,6 +46,7 @@ from accord.errors import (
     invalid,
     stale_version,
 )
+from accord.interop.common import delete_tasks_of
 from accord.resources.audit import AuditEntry
 from accord.resources.documents import parse_documents, to_resource
 from accord.resources.kuscia import KIND_MAP, is_kuscia_document
@@ -234,27 +235,10 @@ class ResourceService:
             audit=AuditEntry(actor=actor, action="delete", target_kind=canonical, target_name=name),
         )
         if canonical == "Job":
-            await self._delete_tasks_of(name, actor)
+            await delete_tasks_of(self._store, name, actor)
         return deleted
 
     # -- internals --------------------------------------------------------------------------------
-
-    async def _delete_tasks_of(self, job: str, actor: str) -> None:
-        for task in await self._store.list("Task", selector={JOB_LABEL: job}):
-            try:
-                await self._store.delete(
-                    "Task",
-                    task.meta.name,
-                    audit=AuditEntry(
-                        actor=actor,
-                        action="delete",
-                        target_kind="Task",
-                        target_name=task.meta.name,
-                        details={"cascade": f"Job/{job}"},
-                    ),
-                )
-            except NotFound:  # a controller removed it first; the outcome is the same
-                continue
 
     def _parse_one(
         self, doc: Mapping[str, Any] | AnyResource, kind: str | None, name: str | None = None
