@@ -2,6 +2,8 @@
 
 `NodeProcess` runs `accord node start` exactly as a user would (same entry point, same node dir) so
 the tests exercise the real daemon, store, API and controllers; `kill()` sends SIGKILL for crash tests.
+With `zero_ports=True` every port is configured as 0 and the node is found, as users find it, through
+the `run/endpoints.json` it publishes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, TypeVar
 
 from accord.client import AccordClient
 from accord.errors import AlreadyExists
+from accord.node import endpoints
 from accord.node.bootstrap import init_node_dir
 
 ACCORD = str(Path(sys.executable).with_name("accord"))
@@ -76,17 +79,24 @@ def eventually(fn: Callable[[], T], *, timeout: float = 30.0, interval: float = 
 
 class NodeProcess:
     def __init__(
-        self, directory: Path, domain: str, *, store_url: str = "", settings: Mapping[str, Any] | None = None
+        self,
+        directory: Path,
+        domain: str,
+        *,
+        store_url: str = "",
+        settings: Mapping[str, Any] | None = None,
+        zero_ports: bool = False,
     ) -> None:
         self.dir = directory
         self.domain = domain
+        port = (lambda: 0) if zero_ports else free_port
         self.settings = init_node_dir(
             domain=domain,
             directory=directory,
-            api_port=free_port(),
-            gateway_port=free_port(),
-            egress_port=free_port(),
-            datamesh_port=free_port(),
+            api_port=port(),
+            gateway_port=port(),
+            egress_port=port(),
+            datamesh_port=port(),
         )
         if settings:  # e.g. {"enable_approval": True}: rewrite accord.toml with the overrides
             self.settings = self.settings.model_copy(update=dict(settings))
@@ -100,6 +110,15 @@ class NodeProcess:
     @property
     def client(self) -> AccordClient:
         return AccordClient.from_node_dir(self.dir)
+
+    @property
+    def gateway_port(self) -> int:
+        """The public port: the configured one, or the one the running node published."""
+        if self.settings.gateway_port:
+            return self.settings.gateway_port
+        running = endpoints.read_live(self.settings)
+        assert running is not None, f"node {self.domain} published no endpoints"
+        return running.gateway_port
 
     def start(self, *, wait: bool = True, timeout: float = 30.0) -> None:
         log = self.log_path.open("ab")
@@ -185,7 +204,7 @@ def connect(*nodes: NodeProcess, timeout: float = 30.0) -> None:
                 "spec": {
                     "source": a.domain,
                     "destination": b.domain,
-                    "endpoint": f"https://127.0.0.1:{b.settings.gateway_port}",
+                    "endpoint": f"https://127.0.0.1:{b.gateway_port}",
                 },
             }
             try:

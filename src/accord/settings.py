@@ -56,6 +56,12 @@ class NodeSettings(BaseModel):
     watch_poll_seconds: float = Field(
         0.2, gt=0, description="store watch poll interval when no local write wakes it"
     )
+    task_retention_hours: float = Field(
+        72.0, ge=0, description="keep a finished task's work dir this long (0 = keep forever)"
+    )
+    task_sweep_seconds: float = Field(
+        600.0, gt=0, description="interval of the sweep that removes expired task work dirs"
+    )
 
     @field_validator("domain")
     @classmethod
@@ -91,7 +97,17 @@ class NodeSettings(BaseModel):
         return self.dir / "logs"
 
     @property
+    def run_dir(self) -> Path:
+        """What a running node publishes about itself (`endpoints.json`); see `accord.node.endpoints`."""
+        return self.dir / "run"
+
+    @property
+    def endpoints_path(self) -> Path:
+        return self.run_dir / "endpoints.json"
+
+    @property
     def api_url(self) -> str:
+        """The configured API address; with `api_port = 0` the running node publishes the real one."""
         return f"http://{self.api_host}:{self.api_port}"
 
     def to_toml(self) -> str:

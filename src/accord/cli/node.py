@@ -2,7 +2,9 @@
 
 `init` and `start` import `accord.node` inside the command: it pulls in the whole daemon (store drivers,
 uvicorn, controllers), which every other command (`accord get` ...) should not pay for at start-up.
-`status` goes through the API like every other command, so it shows what the running node reports.
+`status` goes through the API like every other command, so it shows what the running node reports,
+including the ports it actually bound (a port configured as 0 is picked at start; the client finds the
+API through the node's `run/endpoints.json`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def init(
         )
         out = stdout_console()
         out.print(f"initialised node {settings.domain} in {settings.dir}", markup=False)
-        out.print(f"  API:         {settings.api_url} (token in {settings.token_path})", markup=False)
+        api = settings.api_url if settings.api_port else "a free port picked at start (`accord node status`)"
+        out.print(f"  API:         {api} (token in {settings.token_path})", markup=False)
         out.print(f"  certificate: {settings.cert_path}", markup=False)
         out.print(f"start it with: accord node start --dir {settings.dir}", markup=False)
 
@@ -84,11 +87,15 @@ def status(directory: NodeDirOption = None) -> None:
     rows = [
         ("domain", info.get("domain")),
         ("version", info.get("version")),
+        ("pid", info.get("pid") or "-"),
         ("store", info.get("store")),
         ("revision", info.get("revision")),
         ("modules", _modules(info.get("modules"))),
         ("isolation", info.get("isolation") or "-"),
         ("api", info.get("api") or client.base_url),
+        ("gateway", info.get("gateway") or "-"),
+        ("egress", info.get("egress") or "-"),
+        ("datamesh", info.get("datamesh") or "-"),
     ]
     out = stdout_console()
     for key, value in rows:

@@ -12,6 +12,10 @@ failures are wrapped at this boundary (httpx's exceptions never leak; httpx's ow
 not running and how to start it; a timeout or a dropped connection becomes `Unavailable` too (both
 retryable).
 
+Finding the node: `from_node_dir` takes the API address the running node published in
+`<dir>/run/endpoints.json` (the ports it actually bound, so `api_port = 0` works) and falls back to the
+configured `api_host`/`api_port` when no live node published one (see `accord.node.endpoints`).
+
 Streams (`watch`, `logs(follow=True)`) have no read timeout, only a connect timeout: a quiet watch is
 normal.  Watch heartbeats are dropped unless asked for, and an in-band `ERROR` line is raised as its
 typed error (e.g. `Gone` when `since` is older than the node's history: list again and watch from the
@@ -30,11 +34,11 @@ import httpx
 
 import accord
 from accord.errors import AccordError, ErrorCode, InvalidArgument, Unavailable, from_wire
+from accord.node.endpoints import local_url, read_live
 from accord.resources.kuscia import KIND_MAP, is_kuscia_document
 from accord.settings import load_settings
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
-_WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 
 
 def _error_from_response(response: httpx.Response) -> AccordError:
@@ -69,7 +73,8 @@ class AccordClient:
 
     @classmethod
     def from_node_dir(cls, directory: Path | str, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> AccordClient:
-        """A client for the node whose directory (config + token) is `directory`."""
+        """A client for the node whose directory (config + token) is `directory`: at the address the running
+        node published, else at the configured one."""
         settings = load_settings(directory)
         try:
             token = settings.token_path.read_text().strip()
@@ -77,10 +82,9 @@ class AccordClient:
             raise InvalidArgument(
                 f"{settings.token_path} is missing: run `accord node init --dir {settings.dir}` first"
             ) from exc
-        host = "127.0.0.1" if settings.api_host in _WILDCARD_HOSTS else settings.api_host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return cls(f"http://{host}:{settings.api_port}", token, timeout, node_dir=settings.dir)
+        running = read_live(settings)
+        url = running.api_url if running is not None else local_url(settings.api_host, settings.api_port)
+        return cls(url, token, timeout, node_dir=settings.dir)
 
     # -- lifecycle --------------------------------------------------------------------------------
 

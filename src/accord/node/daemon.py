@@ -1,15 +1,19 @@
 """`accord node start`: run one domain's node in the foreground until a signal or a module failure.
 
 Lifecycle (Temporal's worker and kopf's `run_tasks` are the models):
-1. Open the store (a failure is exit code 4 with the store URL named), seed what every node has (its own
-   Domain object, the built-in AppImages), bind every port up front (a conflict is exit code 5 naming
-   the port) so nothing half-starts.
+1. Refuse to start if a node already runs from this directory (its live `run/endpoints.json`; exit
+   code 7).  Open the store (a failure is exit code 4 with the store URL named), seed what every node
+   has (its own Domain object, the built-in AppImages), bind every port up front (a conflict is exit
+   code 5 naming the port) so nothing half-starts.
 2. Start the modules side by side in an `asyncio.TaskGroup`, each under a guard that turns a crash into a
-   logged cause plus a node stop (exit code 6) instead of a silent half-dead node.
+   logged cause plus a node stop (exit code 6) instead of a silent half-dead node.  Once every module
+   is ready, publish the ports actually bound (any may be configured as 0) in `run/endpoints.json`
+   (`endpoints.py`), which the CLI and the SDK read.
 3. On SIGTERM/SIGINT, ask every module to stop (reverse start order), wait up to
-   `shutdown_grace_seconds`, then cancel what is left; a second signal cancels at once. The store is
-   closed last. Engines are separate processes in their own sessions: they outlive a node restart and
-   the task controller re-adopts them, so stopping the node never kills a running job.
+   `shutdown_grace_seconds`, then cancel what is left; a second signal cancels at once. The endpoints
+   record is withdrawn and the store closed last. Engines are separate processes in their own
+   sessions: they outlive a node restart and the task controller re-adopts them, so stopping the node
+   never kills a running job.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,7 @@ from accord.controllers.job import JobController
 from accord.controllers.manager import ControllerManager
 from accord.controllers.route import RouteController
 from accord.controllers.task import TaskController
+from accord.controllers.taskdirs import TaskDirSweeper
 from accord.datamesh.flight import DataMeshService
 from accord.datamesh.registry import ensure_default_source
 from accord.datamesh.wire import TaskGrant
@@ -39,6 +44,7 @@ from accord.errors import AccordError
 from accord.gateway import ANY_PEER, Gateway, ServiceRegistry
 from accord.interop.client import CONTROL_SERVICE, PeerClient
 from accord.interop.server import build_interop_app
+from accord.node import endpoints
 from accord.node.bootstrap import read_token
 from accord.node.datamesh_access import resolve_task_token
 from accord.node.exit_codes import HELP, ExitCode
@@ -62,6 +68,7 @@ class NodeState:
     modules: dict[str, str] = field(default_factory=dict)
     isolation: str = ""
     api_port: int = 0
+    datamesh_port: int = 0
     gateway: Gateway | None = None
 
     def info(self, revision: int) -> dict[str, Any]:
@@ -78,6 +85,7 @@ class NodeState:
             "api": f"http://{self.settings.api_host}:{self.api_port}",
             "gateway": (f"{self.settings.gateway_host}:{self.gateway.public_port}" if self.gateway else ""),
             "egress": f"127.0.0.1:{self.gateway.egress_port}" if self.gateway else "",
+            "datamesh": f"127.0.0.1:{self.datamesh_port}" if self.datamesh_port else "",
         }
 
 
@@ -122,6 +130,15 @@ async def serve(settings: NodeSettings, *, stop: asyncio.Event | None = None) ->
     """Run every module until `stop` is set (or a signal arrives); the exit code says why it ended."""
     stop = stop or asyncio.Event()
     state = NodeState(settings)
+    running = endpoints.read_live(settings)
+    if running is not None and running.pid != os.getpid():
+        log.error(
+            "a node already runs from %s (pid %d, API %s); stop it first",
+            settings.dir,
+            running.pid,
+            running.api_url,
+        )
+        return ExitCode.ALREADY_RUNNING
     try:
         store = open_store(settings.effective_store_url, poll_interval=settings.watch_poll_seconds)
     except AccordError as exc:
@@ -148,6 +165,8 @@ async def _serve_with_store(
         log.error("%s", exc)
         return ExitCode.PORT_IN_USE
     state.api_port = int(api_sock.getsockname()[1])
+    # From here on the API port is the bound one (engines are told it as their node API).
+    settings = settings.model_copy(update={"api_port": state.api_port})
 
     async def resolve(token: str) -> TaskGrant | None:
         return await resolve_task_token(store, settings, token)
@@ -159,6 +178,7 @@ async def _serve_with_store(
         api_sock.close()
         log.error("%s", exc)
         return ExitCode.PORT_IN_USE
+    state.datamesh_port = datamesh.port
     gateway_ref: list[Gateway] = []
 
     def node_services() -> dict[str, tuple[str, int]]:
@@ -209,16 +229,30 @@ async def _serve_with_store(
         ],
         settings,
     )
+    sweeper = TaskDirSweeper(store, settings, runtime, lock=task_controller.party.lock)
     modules: list[Module] = [
         CallableModule("gateway", gateway.run, ready=gateway.ready),
         datamesh,
         interop,
         CallableModule("controllers", manager.run),
+        CallableModule("retention", sweeper.run),
         ApiModule(app, api_sock),
     ]
+
+    async def publish() -> None:
+        record = endpoints.this_process(
+            settings,
+            api_port=state.api_port,
+            gateway_port=gateway.public_port,
+            egress_port=gateway.egress_port,
+            datamesh_port=datamesh.port,
+        )
+        await asyncio.to_thread(endpoints.publish, settings, record)
+
     try:
-        return await supervise(settings, modules, state, stop)
+        return await supervise(settings, modules, state, stop, on_ready=publish)
     finally:
+        endpoints.withdraw(settings)
         await runtime.close()  # host bridges and held ports; engines keep running and are re-adopted
 
 
@@ -230,9 +264,16 @@ def _info_fn(store: Store, state: NodeState) -> Callable[[], Any]:
 
 
 async def supervise(
-    settings: NodeSettings, modules: list[Module], state: NodeState, stop: asyncio.Event
+    settings: NodeSettings,
+    modules: list[Module],
+    state: NodeState,
+    stop: asyncio.Event,
+    *,
+    on_ready: Callable[[], Awaitable[None]] | None = None,
 ) -> ExitCode:
-    """Run modules in a TaskGroup; the first crash or a signal stops them all, in reverse order."""
+    """Run modules in a TaskGroup; the first crash or a signal stops them all, in reverse order.
+
+    `on_ready` runs once every module is ready (the daemon publishes its endpoints there)."""
     failures: list[str] = []
     port_conflicts: list[str] = []
     loop = asyncio.get_running_loop()
@@ -289,6 +330,11 @@ async def supervise(
         await asyncio.gather(*(m.ready.wait() for m in modules))
         for m in modules:
             state.modules[m.name] = "running"
+        if on_ready is not None:
+            try:
+                await on_ready()
+            except Exception:  # the node serves on; only clients that need the record cannot find it
+                log.exception("cannot publish the node's endpoints in %s", settings.endpoints_path)
         log.info(
             "node %s ready: api http://%s:%d (pid %d)",
             settings.domain,

@@ -12,6 +12,7 @@ class ExitCode(IntEnum):
     STORE_UNAVAILABLE = 4
     PORT_IN_USE = 5
     MODULE_CRASHED = 6
+    ALREADY_RUNNING = 7
 
 
 HELP: dict[ExitCode, str] = {
@@ -21,4 +22,5 @@ HELP: dict[ExitCode, str] = {
     ExitCode.STORE_UNAVAILABLE: "the store could not be opened; check store_url and that the database runs",
     ExitCode.PORT_IN_USE: "a port is already in use; stop the other process or change the port",
     ExitCode.MODULE_CRASHED: "a node module crashed; the log names it and the cause",
+    ExitCode.ALREADY_RUNNING: "a node already runs from this directory; stop it first (`accord node status`)",
 }

@@ -9,6 +9,8 @@ root and must never read or write *through* such a thing.  So, here:
   (`shutil.rmtree` is fd-based on Linux), keeping only the engine log when it is still the node's own
   regular file.  Config files are rendered into the emptied directory afterwards, so a planted
   `kuscia -> /etc` can no longer steer a root write.
+- `remove_task_dir` removes a finished task's whole directory the same way (the retention sweep):
+  never through a link, and not at all where `rmtree` could be steered by one.
 - `open_log`, `log_tail` and `read_json` open with O_NOFOLLOW (and O_NONBLOCK for reads, so a FIFO
   cannot hang the node) and accept only regular files.
 - While an engine runs as another uid, the sandbox keeps the task directory root's and sticky
@@ -64,6 +66,25 @@ def reset_task_dir(task_dir: Path, keep: Iterable[str] = ()) -> None:
                 shutil.rmtree(entry.path, onerror=_retry_writable)
             else:
                 os.unlink(entry.path)
+
+
+def remove_task_dir(task_dir: Path) -> None:
+    """Remove `task_dir` and everything in it without following any link (files an engine left there
+    may belong to another uid; the node removes them as the owner of the parent).  `task_dir` itself
+    must be a real directory: a link in its place is refused, not followed or removed."""
+    if not shutil.rmtree.avoids_symlink_attacks:  # pragma: no cover - not Linux
+        raise OSError(errno.ENOTSUP, "this platform's rmtree may follow links; task dirs are kept")
+    info = os.lstat(task_dir)
+    if not stat.S_ISDIR(info.st_mode):
+        raise OSError(errno.ENOTDIR, f"{task_dir} is not a directory")
+    outside = os.path.dirname(os.path.abspath(task_dir))
+
+    def retry(func: Callable[..., Any], path: str, exc_info: Any) -> None:
+        if os.path.dirname(os.path.abspath(path)) == outside:
+            raise exc_info[1]  # the task dir itself: never chmod the tasks root to retry
+        _retry_writable(func, path, exc_info)
+
+    shutil.rmtree(task_dir, onerror=retry)
 
 
 def open_log(path: Path) -> int:
