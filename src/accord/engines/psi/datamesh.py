@@ -6,8 +6,8 @@ that data, counts a grant use and audits the read) and writes its output as a ne
 DataMesh registers with lineage only when the writer commits.
 
 How the PSI engine uses it:
-- `schema()` is DataMesh's `GetFlightInfo`: it checks access but spends no grant use, so a missing key
-  column is still found before any network traffic to the peer;
+- `schema()` is DataMesh's `GetFlightInfo` (once per reader): it checks access but spends no grant
+  use, so a missing key column is still found before any network traffic to the peer;
 - the table is streamed once (`DoGet`), i.e. one grant use per task;
 - the output `<task id>-output` is streamed (`DoPut`) before the final round and committed after it;
   if anything fails first, the stream is abandoned without its commit marker and nothing is registered.
@@ -55,16 +55,21 @@ class DataMeshTableReader:
         self._client = client
         self.data_id = data_id
         self._field = field  # e.g. "inputs.alice.data", for messages
+        self._schema: Any = None
 
     @property
     def description(self) -> str:
         return f"DomainData {self.data_id!r}"
 
     def schema(self) -> Any:
-        try:
-            return self._client.schema(self.data_id)
-        except DataMeshError as exc:
-            raise _mapped(exc, self._field) from exc
+        """Asked once (a round trip through the node), then remembered: the key check and the read
+        both need it."""
+        if self._schema is None:
+            try:
+                self._schema = self._client.schema(self.data_id)
+            except DataMeshError as exc:
+                raise _mapped(exc, self._field) from exc
+        return self._schema
 
     def iter_batches(self, columns: Sequence[str] | None = None, batch_rows: int = 65536) -> Iterator[Any]:
         try:

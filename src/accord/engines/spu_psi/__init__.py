@@ -7,7 +7,8 @@ one-line reason and cleans up after it), `party.py` (the party process: exit cod
 `engine.py` (one party from the engine contract to `<task id>-output`), `config.py` (THE psi task
 config as this engine accepts it; importable by the node), `table.py` (libpsi's input file and the
 aligned output; pyarrow only), `link.py` (the yacl link in blackbox mode through the gateway's PTP
-transport, the hello/fin control messages), `files.py` (private files and libpsi's trace files).
-Only `link.py` and `engine.py` import `spu`, lazily; this `__init__` imports nothing, so the node can
-use `config` without SPU installed.
+transport, the hello/fin control messages), `native.py` (SPU's libspu and libpsi, without jax),
+`files.py` (private files and libpsi's trace files).  Only `native.py` loads `spu`, when `link.py` or
+`engine.py` first needs it; this `__init__` imports nothing, so the node can use `config` without SPU
+installed.
 """

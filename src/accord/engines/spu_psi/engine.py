@@ -11,9 +11,13 @@ Order, and the guarantee each step gives:
 2. Read the whole input (DataMesh under a node: one read, one grant use; else a local file), check
    duplicates and write libpsi's input file into a private dir under the work dir (`table.py`).
    `TMPDIR` points there too, so libpsi's scratch files and `sort`'s spill files stay private.
-3. Link (`link.py`: blackbox through the gateway's PTP transport, no listening port) and hello: same
-   config digest at both parties, or nobody sends a single PSI message.  A party whose step 2 failed
-   still links, says so, and fails; its peer fails at once naming it.
+   Meanwhile a thread sets up the link (`link.py`: blackbox through the gateway's PTP transport, no
+   listening port): it loads SPU's native modules (`native.py`), probes both gateways and waits for
+   the peer's engine.  None of that depends on the input or says anything about it.
+3. Hello, the first message that depends on the input (its distinct key count), sent only once step 2
+   is done: same config digest at both parties, or nobody sends a single PSI message.  A party whose
+   step 2 failed still waits for the link (briefly), says so instead, and fails; its peer fails at
+   once naming it.
 4. `psi_execute` (RR22 by default, ECDH on Curve25519 as the option; `broadcast_result` when both
    parties receive), in a thread so SIGTERM still stops the process.
 5. A receiver builds its output from the row indices libpsi returns and streams it to DataMesh as the
@@ -49,18 +53,19 @@ from accord.engines.psi.errors import ConfigError, PsiError
 from accord.engines.psi.inputs import check_keys, resolve_input
 from accord.engines.psi.io import TableWriter, open_file_writer
 from accord.engines.sdk import TaskContext
+from accord.engines.spu_psi import native
 from accord.engines.spu_psi.config import SpuPsiConfig, parse_config
 from accord.engines.spu_psi.files import TraceFiles, private_dir, remove_private
 from accord.engines.spu_psi.link import (
     Control,
     LinkPlan,
+    PendingLink,
     close_link,
     drain_probe,
-    open_link,
     peer_failure,
     plan_link,
-    probe_transport,
     run_interruptibly,
+    start_link,
 )
 from accord.engines.spu_psi.table import (
     KEY_COLUMN,
@@ -69,6 +74,7 @@ from accord.engines.spu_psi.table import (
     output_table,
     prepare_input,
     read_all,
+    use_steady_memory_pool,
 )
 
 log = logging.getLogger("accord.engines.spu_psi")
@@ -116,6 +122,7 @@ def run_task(ctx: TaskContext, environ: Mapping[str, str] | None = None) -> dict
     """Run this party's side of the PSI task; returns what `result.json` holds.  Raises PsiError."""
     env = os.environ if environ is None else environ
     started = time.monotonic()
+    use_steady_memory_pool(env)
     config = parse_config(ctx.input_config)
     party = ctx.cluster.self_party.name
     if party != ctx.domain_id:
@@ -157,27 +164,28 @@ def _run(
     timings: dict[str, float] = {}
     try:
         progress(0.0, f"starting ({config.protocol}, {plan.describe()})")
+        pending: PendingLink | None = None
         try:
             reader = resolve_input(spec, party, datamesh)
             check_keys(reader, spec.keys, party)
+            pending = start_link(plan)  # in a thread while this one reads: neither needs the other
             table = read_all(reader)
             prepared = prepare_input(
                 table, spec.keys, party=party, duplicates=config.duplicates, psi_csv=private / "input.csv"
             )
         except PsiError as exc:
-            _tell_peer_we_failed(plan, exc)
+            _tell_peer_we_failed(pending or start_link(plan), exc)
             raise
         timings["read_s"] = time.monotonic() - started
         progress(0.05, f"read {prepared.rows_read} rows, {prepared.unique_keys} distinct keys")
 
         mark = time.monotonic()
-        if plan.mode == "blackbox":
-            probe_transport(plan)
-        lctx = open_link(plan)
+        lctx = pending.result()
+        timings["link_setup_s"] = pending.elapsed_s
         control = Control(lctx, plan)
         answer = control.hello(digest=config.digest(), keys=prepared.unique_keys)
         if plan.mode == "blackbox":
-            drain_probe(plan)
+            drain_probe(plan, client=pending.http)
         timings["link_s"] = time.monotonic() - mark
         peer_keys = int(answer.get("keys") or 0)
         progress(0.1, f"linked with {peer} ({peer_keys} distinct keys)")
@@ -253,11 +261,13 @@ def _matched_count(output: Any, join: str) -> int:
     return int(pc.sum(output.column(MATCH_COLUMN)).as_py() or 0)
 
 
-def _tell_peer_we_failed(plan: LinkPlan, exc: PsiError) -> None:
-    """Our input is unusable: link briefly and say so, so the peer fails now rather than at its timeout."""
+def _tell_peer_we_failed(pending: PendingLink, exc: PsiError) -> None:
+    """Our input is unusable: wait a little for the link and say so, so the peer fails now rather than
+    at its timeout."""
+    plan = pending.plan
     try:
-        lctx = open_link(plan, recv_timeout_s=min(plan.recv_timeout_s, FAIL_NOTICE_TIMEOUT_S))
-    except PsiError as link_error:
+        lctx = pending.result(timeout=min(plan.recv_timeout_s, FAIL_NOTICE_TIMEOUT_S))
+    except (PsiError, TimeoutError) as link_error:
         log.info("could not tell %s that we failed: %s", plan.peer, link_error)
         return
     try:
@@ -298,8 +308,7 @@ def _psi_execute(
     output_csv: Path,
     progress: ProgressReporter,
 ) -> dict[str, int]:
-    from spu import psi
-
+    psi = native.load().libpsi
     receivers = sorted(config.receiver_set)
     both = len(receivers) == 2
     protocol = psi.PsiProtocol.PROTOCOL_RR22 if config.protocol == "RR22" else psi.PsiProtocol.PROTOCOL_ECDH

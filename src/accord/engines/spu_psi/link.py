@@ -40,14 +40,18 @@ benchmark's decomposition of the gateway's cost); under a node engines never lis
 yacl numbers its messages per link (a receive that timed out consumes a sequence number), so a receive
 is never retried and a control message is never sent while libpsi runs.
 
-Before yacl, `probe_transport` asks both gateways about the session (yacl retries a refused push for
-ever, silently); every native call that can block (link creation, receives, `psi_execute`) runs in a
-thread (`run_interruptibly`) so SIGTERM is handled at once, and `close_link` never calls `stop_link`
-while such a call is still running (it would wait for it).
+The link is set up in a thread (`start_link`) while the engine reads its input: loading SPU's native
+modules, probing and the wait for the peer's engine overlap the read; the thread sends nothing on the
+link, the hello goes out from the main thread afterwards.  Before yacl, `probe_transport` asks both
+gateways about the session (yacl retries a refused push for ever, silently); every native call that can
+block (link creation, receives, `psi_execute`) runs in a thread (`run_interruptibly`) and the main
+thread waits for it, or for the link-setup thread, in short joins, so SIGTERM is handled at once, and
+`close_link` never calls `stop_link` while such a call is still running (it would wait for it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -55,7 +59,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -71,6 +75,7 @@ from accord.engines.psi.errors import (
     PsiError,
 )
 from accord.engines.sdk import EngineContractError, TaskContext
+from accord.engines.spu_psi import native
 
 log = logging.getLogger("accord.engines.spu_psi")
 
@@ -153,8 +158,7 @@ def plan_link(
 
 def open_link(plan: LinkPlan, *, recv_timeout_s: float | None = None) -> Any:
     """Create the yacl link context; waits (up to the receive timeout) for the peer's engine."""
-    from spu import libspu
-
+    libspu = native.load().libspu
     timeout_s = recv_timeout_s if recv_timeout_s is not None else plan.recv_timeout_s
     desc = libspu.link.Desc()
     desc.id = plan.session
@@ -163,7 +167,7 @@ def open_link(plan: LinkPlan, *, recv_timeout_s: float | None = None) -> Any:
     desc.connect_retry_interval_ms = CONNECT_RETRY_INTERVAL_MS
     desc.connect_retry_times = max(10, math.ceil(timeout_s * 1000 / CONNECT_RETRY_INTERVAL_MS))
     if plan.mode == "blackbox":
-        os.environ.update(blackbox_environment(plan))
+        set_link_environment(plan)
         desc.link_type = "blackbox"
         desc.brpc_channel_protocol = "http"
         desc.brpc_channel_connection_type = "pooled"
@@ -189,6 +193,67 @@ def open_link(plan: LinkPlan, *, recv_timeout_s: float | None = None) -> Any:
         raise PeerUnreachable(f"cannot link with {plan.peer} ({plan.describe()}): {reason}") from None
     _open_links.append(lctx)  # never destroyed: the destructor waits for yacl's current long poll (1 s)
     return lctx
+
+
+class PendingLink:
+    """The link, created in a thread while the main thread reads the input (`start_link`).
+
+    The thread loads SPU's native modules, probes the gateways (blackbox) and creates the link, which
+    includes waiting for the peer's engine; none of it depends on the input, and nothing is sent on
+    the link: the hello goes out from the main thread once the input is ready (or failed).  `result`
+    waits in short joins, so SIGTERM is still handled at once; the link creation itself keeps its own
+    watchdog (`open_link`).
+    """
+
+    def __init__(self, plan: LinkPlan) -> None:
+        self.plan = plan
+        self.elapsed_s = 0.0  # how long loading, probing and linking took (when done)
+        self.http: httpx.Client | None = None  # blackbox: the probe's client, for `drain_probe`
+        self._box: dict[str, Any] = {}
+        set_link_environment(plan)
+        self._thread = threading.Thread(target=self._create, name="spu-link-setup", daemon=True)
+        self._thread.start()
+
+    def _create(self) -> None:
+        started = time.monotonic()
+        try:
+            native.load()
+            if self.plan.mode == "blackbox":
+                self.http = httpx.Client(timeout=10.0)
+                probe_transport(self.plan, client=self.http)
+            self._box["link"] = open_link(self.plan)
+        except BaseException as exc:
+            self._box["error"] = exc
+        finally:
+            self.elapsed_s = time.monotonic() - started
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The link context, or what creating it raised; TimeoutError if not ready within `timeout`
+        (the creation then goes on in its thread: the process ends with `os._exit`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._thread.is_alive():
+            self._thread.join(0.2)
+            if deadline is not None and self._thread.is_alive() and time.monotonic() > deadline:
+                raise TimeoutError(f"the link with {self.plan.peer} was not up within {timeout:g} s")
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["link"]
+
+
+def start_link(plan: LinkPlan) -> PendingLink:
+    """Start creating the link in the background (see `PendingLink`)."""
+    return PendingLink(plan)
+
+
+def set_link_environment(plan: LinkPlan) -> None:
+    """yacl's blackbox settings into the environment (only what differs: `start_link` sets them in the
+    main thread, so the link thread never writes the environment while another thread may read it)."""
+    if plan.mode != "blackbox":
+        return
+    wanted = blackbox_environment(plan)
+    changed = {name: value for name, value in wanted.items() if os.environ.get(name) != value}
+    if changed:
+        os.environ.update(changed)
 
 
 def blackbox_environment(plan: LinkPlan) -> dict[str, str]:
@@ -390,13 +455,14 @@ def decode_envelope(data: bytes) -> tuple[str, str]:
     return fields.get(2, b"").decode(errors="replace"), fields.get(3, b"").decode(errors="replace")
 
 
-def probe_transport(plan: LinkPlan, *, timeout: float = 10.0) -> None:
+def probe_transport(plan: LinkPlan, *, timeout: float = 10.0, client: httpx.Client | None = None) -> None:
     """Before yacl: this node's gateway knows the session, and the peer's gateway accepts our pushes.
 
     yacl retries a refused push without end and without a word, so a session the peer's node never
     registered (or a route that is down) would look like a silent peer.  One `peek` at our gateway and
     one 1-byte push on the probe topic (a queue yacl never reads; the peer takes it off after the hello,
-    `drain_probe`) turn that into an immediate error that says which side refused and why.
+    `drain_probe`) turn that into an immediate error that says which side refused and why.  `client`:
+    one to reuse for `drain_probe` (making an httpx client costs about 20 ms: its TLS context).
     """
     headers = {
         "x-ptp-session-id": plan.session,
@@ -405,8 +471,8 @@ def probe_transport(plan: LinkPlan, *, timeout: float = 10.0) -> None:
     }
     base = plan.transport.rstrip("/")
     try:
-        with httpx.Client(timeout=timeout) as client:
-            own = client.post(
+        with _borrowed(client, timeout) as http:
+            own = http.post(
                 f"{base}/v1/interconn/chan/peek", headers={**headers, "x-ptp-target-node-id": plan.party}
             )
             code, message = decode_envelope(own.content) if own.status_code == 200 else ("", own.text)
@@ -415,7 +481,7 @@ def probe_transport(plan: LinkPlan, *, timeout: float = 10.0) -> None:
                     f"this node's gateway refused PTP session {plan.session!r}: {code or own.status_code} "
                     f"{message.strip()[:200]}"
                 )
-            push = client.post(
+            push = http.post(
                 f"{base}/v1/interconn/chan/push",
                 headers={**headers, "x-ptp-target-node-id": plan.peer},
                 content=b"\x00",
@@ -430,7 +496,7 @@ def probe_transport(plan: LinkPlan, *, timeout: float = 10.0) -> None:
         raise PsiError(f"cannot reach the gateway's transport at {base}: {exc}") from None
 
 
-def drain_probe(plan: LinkPlan, *, timeout: float = 5.0) -> None:
+def drain_probe(plan: LinkPlan, *, timeout: float = 5.0, client: httpx.Client | None = None) -> None:
     """Take the peer's probe byte off our queue (best effort; after the hello it has surely arrived)."""
     headers = {
         "x-ptp-session-id": plan.session,
@@ -439,6 +505,18 @@ def drain_probe(plan: LinkPlan, *, timeout: float = 5.0) -> None:
         "x-ptp-target-node-id": plan.peer,
     }
     try:
-        httpx.post(f"{plan.transport.rstrip('/')}/v1/interconn/chan/peek", headers=headers, timeout=timeout)
+        url = f"{plan.transport.rstrip('/')}/v1/interconn/chan/peek"
+        with _borrowed(client, timeout) as http:
+            http.post(url, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
         log.debug("draining the probe: %s", exc)
+
+
+@contextlib.contextmanager
+def _borrowed(client: httpx.Client | None, timeout: float) -> Iterator[httpx.Client]:
+    """`client` as it is (its owner closes it), or a new one for this block."""
+    if client is not None:
+        yield client
+        return
+    with httpx.Client(timeout=timeout) as own:
+        yield own
