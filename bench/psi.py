@@ -407,7 +407,7 @@ def run_nodes(spu: Path, data: Path, work: Path, pinned: bool, timeout: float, e
     from accord.client.jobs import submit_job
     from psi_builtin import Tree, process_parents
 
-    nodes = {p: NodeProcess(work / p, p, settings={"route_probe_seconds": 1.0}) for p in PARTIES}
+    nodes = {p: NodeProcess(work / p, p) for p in PARTIES}
     try:
         for node in nodes.values():
             node.start(wait=False)

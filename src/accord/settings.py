@@ -54,7 +54,10 @@ class NodeSettings(BaseModel):
         15.0, gt=0, description="interval of route health probes (handshake) to each peer"
     )
     watch_poll_seconds: float = Field(
-        0.2, gt=0, description="store watch poll interval when no local write wakes it"
+        2.0,
+        gt=0,
+        description="store watch poll interval: a safety net, since this node's own writes wake watchers "
+        "at once; only writes by another process (a shared PostgreSQL) wait for it",
     )
     task_retention_hours: float = Field(
         72.0, ge=0, description="keep a finished task's work dir this long (0 = keep forever)"

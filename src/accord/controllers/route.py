@@ -9,7 +9,9 @@ public port along the route (direct, or end to end through the transit hop; see
     Unauthorized   the peer's certificate is not the pinned one, the peer refused ours (it has no
                    Domain for us, or pins another certificate), or no common protocol version (+ reason)
 
-**Periodic health.**  A reconcile ends with `Outcome.retry(probe_interval)`: the work queue keeps one
+**Periodic health.**  A reconcile ends with `Outcome.retry(probe_interval)` (a route that is not Ready:
+after `UNREADY_RETRY_SECONDS`, or the interval if shorter, so a partner that adds our Domain a moment
+after we added the route is found at once, not a whole interval later): the work queue keeps one
 worker per route that probes again after the interval, so a route flips Ready -> Unreachable when the
 peer goes away and back to Ready when it returns, with no separate timer.  Any change of the route
 (or of a Domain it depends on: the destination's or the transit hop's, see `related`) wakes the worker
@@ -52,6 +54,10 @@ from accord.settings import NodeSettings
 from accord.store.base import Store, WatchEvent
 
 log = logging.getLogger(__name__)
+
+
+UNREADY_RETRY_SECONDS = 2.0
+"""How soon a route that is not Ready is probed again (a peer that is down costs one refused connect)."""
 
 
 class RouteController:
@@ -134,7 +140,9 @@ class RouteController:
         except NotFound:
             self._depends.pop(name, None)
             return Outcome.done()
-        return Outcome.retry(self.probe_interval)
+        if result.phase is RoutePhase.READY:
+            return Outcome.retry(self.probe_interval)
+        return Outcome.retry(min(self.probe_interval, UNREADY_RETRY_SECONDS))
 
     def _token_state(self, route: DomainRoute) -> tuple[list[tuple[int, bytes]], bool]:
         """(current tokens, whether to agree a new one now) for a token route; ([], False) otherwise."""

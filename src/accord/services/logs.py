@@ -4,7 +4,7 @@ The runtime writes each task's engine output to `<tasks_dir>/<task>/engine.log`;
 the process is gone, so a user can read them long after the task ended (Kuscia issue #687).
 
 Following is a poll loop over the file rather than inotify: it works the same on every platform and on
-network file systems, and the poll interval (the node's `watch_poll_seconds`) bounds the delay.  A follow
+network file systems, and the poll interval (`FOLLOW_POLL_SECONDS`) bounds the delay.  A follow
 ends when the Task reaches a terminal phase (or is deleted); the file is drained once more *after* the
 terminal phase is seen, so the last lines an engine wrote before exiting are never lost.  Reads are
 incremental UTF-8 decodes, so a multi-byte character split across two reads is not mangled.
@@ -30,13 +30,14 @@ from accord.store.base import Store
 
 LOG_FILE = "engine.log"
 CHUNK_BYTES = 64 * 1024
+FOLLOW_POLL_SECONDS = 0.25
 
 
 class LogService:
     def __init__(self, store: Store, settings: NodeSettings, *, poll_seconds: float | None = None) -> None:
         self._store = store
         self._settings = settings
-        self._poll = poll_seconds if poll_seconds is not None else settings.watch_poll_seconds
+        self._poll = poll_seconds if poll_seconds is not None else FOLLOW_POLL_SECONDS
 
     def log_path(self, task: str) -> Path:
         try:

@@ -142,3 +142,18 @@ async def test_endpoint_that_is_not_tls_is_unreachable(nodes, probing, echo) -> 
     await alice.route("bob", f"https://127.0.0.1:{echo.port}")  # a plain-HTTP server (Kuscia #450)
     reason = await p.wait_phase("alice-bob", RoutePhase.UNREACHABLE)
     assert "TLS handshake" in reason
+
+
+async def test_a_route_not_ready_is_probed_again_soon_not_a_whole_interval_later(nodes, probing) -> None:
+    """The partner pins us only after our route exists: with a 60 s health interval, the route still
+    becomes Ready within a few seconds (UNREADY_RETRY_SECONDS), as `accord route add` users expect."""
+    alice = await nodes("alice")
+    bob = await nodes("bob")
+    await alice.pin("bob", bob.cert)  # alice knows bob; bob does not know alice yet
+    p = Probing(alice)
+    p.controller.probe_interval = 60.0
+    probing.append(p)
+    await alice.route("bob", bob.endpoint)
+    await p.wait_phase("alice-bob", RoutePhase.UNAUTHORIZED)
+    await bob.pin("alice", alice.cert)
+    await p.wait_phase("alice-bob", RoutePhase.READY)
