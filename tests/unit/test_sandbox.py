@@ -217,10 +217,10 @@ def test_limits_that_cannot_be_enforced_are_reported(tmp_path: Path) -> None:
     )  # fmt: skip
     prepared = prepare_sandbox(spec, _isolation(bwrap=True))
     assert "--unshare-net" not in prepared.argv
-    assert f"--as={64 << 20}:{64 << 20}" in prepared.argv
+    assert f"--data={64 << 20}:{64 << 20}" in prepared.argv
     text = prepared.describe()
     assert "NOT enforced" in text
-    assert "memory limit 64 MiB only as RLIMIT_AS" in text
+    assert "memory limit 64 MiB only as RLIMIT_DATA" in text
     assert "cpu limit 0.5 (no writable cpu cgroup)" in text
     assert "pids limit 10 (no writable pids cgroup)" in text
     assert "host network, by request" in text

@@ -1,10 +1,11 @@
 """Per-engine cgroups (v1 hybrid or v2 unified), written directly through cgroupfs.
 
 Why cgroups and not only rlimits: an rlimit is per process and the engine may fork; RLIMIT_AS caps
-*virtual* memory (which breaks allocators that reserve big arenas) and there is no rlimit for a CPU
-*rate*.  A cgroup caps the whole process tree: resident memory (the kernel OOM-kills inside the group and
-counts it, so we can tell "memory limit exceeded" from any other SIGKILL), a CPU quota (cores as a CFS
-quota per 100 ms period) and a pids maximum (fork bombs stop at the limit).
+*virtual* memory (which breaks allocators and runtimes that reserve big arenas; the fallback is
+RLIMIT_DATA), and there is no rlimit for a CPU *rate*.  A cgroup caps the whole process tree: resident
+memory (the kernel OOM-kills inside the group and counts it, so we can tell "memory limit exceeded" from
+any other SIGKILL), a CPU quota (cores as a CFS quota per 100 ms period) and a pids maximum (fork
+bombs stop at the limit).
 
 Why no systemd / cgcreate: the node may run in a container or CI VM without systemd; the files are the
 stable interface.  Layout discovery never hard-codes paths: the mounts come from /proc/self/mountinfo

@@ -21,8 +21,9 @@ The chain (`PreparedSandbox.argv`), outermost first, and why each piece is there
 2. ``sh -c <attach>``: writes its own pid into each ``cgroup.procs`` and only then execs the rest:
    race-free (the engine cannot run a single instruction outside its groups; children inherit them) and
    no ``preexec_fn`` in a threaded node.
-3. ``prlimit``: RLIMIT_NOFILE always when asked; RLIMIT_AS only as the memory fallback without a memory
-   cgroup (it caps virtual memory, a poor proxy, hence reported as such).
+3. ``prlimit``: RLIMIT_NOFILE always when asked; RLIMIT_DATA only as the memory fallback without a
+   memory cgroup (per process, heap and private writable mappings: a poor proxy, hence reported as
+   such; not RLIMIT_AS, which counts address space that runtimes like XLA only reserve).
 4. ``bwrap``: ``--ro-bind / /`` (read the host's programs, write nothing), then ``--tmpfs`` over the node
    directory (key, token, store), ``/tmp`` (private, mode 1777: SPU's libpsi writes trace files there),
    ``/run`` (host unix sockets -- docker, systemd, databases -- stay connectable through a read-only
@@ -378,14 +379,12 @@ def _rlimit_flags(
     if spec.open_files is not None:
         flags.append(f"--nofile={spec.open_files}:{spec.open_files}")
     if spec.memory_bytes is not None and (cgroup is None or "memory" not in cgroup.dirs):
-        flags.append(f"--as={spec.memory_bytes}:{spec.memory_bytes}")
-        warnings.append(
-            f"memory limit {mib(spec.memory_bytes)} only as RLIMIT_AS (virtual memory, no cgroup)"
-        )
+        flags.append(f"--data={spec.memory_bytes}:{spec.memory_bytes}")
+        warnings.append(f"memory limit {mib(spec.memory_bytes)} only as RLIMIT_DATA (per process, no cgroup)")
     if not flags:
         return []
     if iso.prlimit is None:
-        warnings.append("open files / address-space limits (prlimit not found)")
+        warnings.append("open files / data-size limits (prlimit not found)")
         return []
     return [iso.prlimit, *flags, "--"]
 
