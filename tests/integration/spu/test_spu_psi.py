@@ -297,9 +297,16 @@ async def test_sigterm_stops_both_promptly_without_output(
         os.killpg(proc.pid, signal.SIGTERM)
     outcomes = await pair.finish(timeout=60)
     summary = {p: (o.returncode, o.reason) for p, o in outcomes.items()}
-    for outcome in outcomes.values():
-        assert outcome.returncode == 143, (summary, outcome.stdout[-3000:])
-        assert outcome.reason == "spu-psi: terminated: stopped by signal SIGTERM"
+    # Both get SIGTERM at once; on a loaded machine one of them may see its peer gone before its own
+    # signal is handled, and then fails as "peer" (exit 4) naming it -- also a prompt, clean stop.
+    terminated = [p for p, o in outcomes.items() if o.returncode == 143]
+    assert terminated, summary
+    for party, outcome in outcomes.items():
+        if outcome.returncode == 143:
+            assert outcome.reason == "spu-psi: terminated: stopped by signal SIGTERM", summary
+        else:
+            peer = "bob" if party == "alice" else "alice"
+            assert outcome.returncode == 4 and peer in outcome.reason, (summary, outcome.stdout[-3000:])
         assert not (outcome.work / "output.csv").exists() and not (outcome.work / ".spu-psi").exists()
 
 
