@@ -428,6 +428,20 @@ async def test_logs_follow_ends_when_the_task_ends(
     assert text == "line 1\nline 2\nline 3\n"
 
 
+async def test_logs_of_a_finished_task_without_a_work_dir_say_why(
+    services: Services, store: MemoryStore, settings: NodeSettings
+) -> None:
+    task = await _task(store, "t3", "j")
+    task.status.phase = TaskPhase.SUCCEEDED
+    await store.update(task)
+    with pytest.raises(NotFound) as gone:  # e.g. swept after task_retention_hours
+        await services.logs.read("t3")
+    assert gone.value.code == ErrorCode.TASK_NOT_FOUND
+    assert "work dir does not exist" in gone.value.message and "task_retention_hours" in gone.value.message
+    (settings.tasks_dir / "t3").mkdir(parents=True)  # the dir exists, the engine wrote nothing
+    assert await services.logs.read("t3") == ""
+
+
 # -- container -------------------------------------------------------------------------------------------
 
 

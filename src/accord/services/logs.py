@@ -49,7 +49,15 @@ class LogService:
     async def stream(self, task: str, *, follow: bool = False) -> AsyncIterator[str]:
         """Check the task exists (NotFound, before anything streams), then return its log chunks."""
         path = self.log_path(task)
-        await self._store.get("Task", task)
+        obj = await self._store.get("Task", task)
+        if isinstance(obj, Task) and obj.status.phase in TASK_TERMINAL and not path.parent.exists():
+            hours = self._settings.task_retention_hours
+            raise NotFound(
+                f"task {task!r} has no log here: its work dir does not exist (its engine never started "
+                f"on {self._settings.domain}, or the dir was removed {hours:g} h after the task finished: "
+                "task_retention_hours)",
+                code=ErrorCode.TASK_NOT_FOUND,
+            )
         return self._chunks(task, path, follow)
 
     async def read(self, task: str) -> str:
