@@ -142,3 +142,16 @@ def test_cli_reaches_the_node_through_the_record(node: RunningNode) -> None:
     fields = {k: v.strip() for k, v in (line.split(":", 1) for line in result.stdout.splitlines())}
     assert fields["domain"] == "alice"
     assert {"pid", "gateway", "egress", "datamesh"} <= set(fields)
+
+
+def test_the_node_dir_lock_admits_one_holder_at_a_time(settings: NodeSettings) -> None:
+    first = endpoints.lock_node_dir(settings)
+    assert first is not None
+    try:
+        assert endpoints.lock_node_dir(settings) is None  # a second node (even before any record)
+        assert stat.S_IMODE(os.stat(settings.run_dir / endpoints.LOCK_FILE).st_mode) == 0o600
+    finally:
+        os.close(first)
+    again = endpoints.lock_node_dir(settings)  # released with its holder
+    assert again is not None
+    os.close(again)

@@ -139,6 +139,17 @@ async def serve(settings: NodeSettings, *, stop: asyncio.Event | None = None) ->
             running.api_url,
         )
         return ExitCode.ALREADY_RUNNING
+    lock = endpoints.lock_node_dir(settings)
+    if lock is None:
+        log.error("another node is starting or running from %s (it holds run/node.lock)", settings.dir)
+        return ExitCode.ALREADY_RUNNING
+    try:
+        return await _serve_locked(settings, state, stop)
+    finally:
+        os.close(lock)
+
+
+async def _serve_locked(settings: NodeSettings, state: NodeState, stop: asyncio.Event) -> ExitCode:
     try:
         store = open_store(settings.effective_store_url, poll_interval=settings.watch_poll_seconds)
     except AccordError as exc:

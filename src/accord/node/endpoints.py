@@ -19,6 +19,7 @@ the daemon.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
@@ -30,6 +31,7 @@ from accord.settings import NodeSettings
 
 _WILDCARD_HOSTS = {"", "0.0.0.0", "::", "[::]"}
 _MAX_BYTES = 1 << 16
+LOCK_FILE = "node.lock"
 
 
 def local_host(host: str) -> str:
@@ -156,6 +158,25 @@ def read_live(settings: NodeSettings) -> Endpoints | None:
     """The record of the node running from this directory now, or None (no node, or a stale record)."""
     record = read(settings)
     return record if record is not None and record.is_live() else None
+
+
+def lock_node_dir(settings: NodeSettings) -> int | None:
+    """Take the node directory's lock (`run/node.lock`, an exclusive `flock`); the fd to keep open for
+    the node's lifetime, or None when another process holds it (a node runs or is starting there).
+
+    The published record tells a client where a node listens; this lock is what keeps two nodes from
+    running on one directory, also when both start at once, before either has published anything.  The
+    kernel releases it when the process ends, however it ends.
+    """
+    run_dir = settings.run_dir
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def withdraw(settings: NodeSettings) -> None:
