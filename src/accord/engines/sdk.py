@@ -27,7 +27,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import tempfile
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -276,3 +279,61 @@ def __getattr__(name: str) -> Any:
 
         return getattr(dataio, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class ProgressReporter:
+    """Progress to the node from a background thread, so a slow or restarting node never holds up the
+    computation: the latest value wins (older queued ones are skipped), failures are only logged.
+
+    Every call is logged to `logger`; with `min_step`/`min_interval` a call that moved less than
+    `min_step` within `min_interval` seconds of the last one shown is dropped (1.0 always passes).
+    Without a node API or token (a run outside a node) it only logs.  `close()` sends what is queued
+    and stops the thread.
+    """
+
+    def __init__(
+        self,
+        ctx: TaskContext,
+        *,
+        name: str = "progress",
+        logger: logging.Logger | None = None,
+        min_step: float = 0.0,
+        min_interval: float = 0.0,
+    ) -> None:
+        self._ctx = ctx
+        self._log = logger or log
+        self._min_step = min_step
+        self._min_interval = min_interval
+        self._queue: queue.Queue[tuple[float, str] | None] = queue.Queue()
+        self._last = (-1.0, 0.0)
+        self._thread: threading.Thread | None = None
+        if ctx.node_api and ctx.token:
+            self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+            self._thread.start()
+
+    def __call__(self, progress: float, message: str) -> None:
+        last_value, last_time = self._last
+        now = time.monotonic()
+        if progress < 1.0 and progress - last_value < self._min_step and now - last_time < self._min_interval:
+            return
+        self._last = (progress, now)
+        self._log.info("progress %.0f%%: %s", progress * 100, message)
+        if self._thread is not None:
+            self._queue.put((progress, message))
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            while item is not None and not self._queue.empty():
+                item = self._queue.get()  # skip to the newest
+            if item is None:
+                return
+            try:
+                self._ctx.report_progress(item[0], item[1], timeout=2.0)
+            except Exception as exc:  # never fatal
+                self._log.warning("progress report failed: %s", exc)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=3)

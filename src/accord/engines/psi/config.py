@@ -207,8 +207,8 @@ def _format_errors(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def parse_config(raw: str | Mapping[str, Any]) -> PsiConfig:
-    """Parse and validate; raises ConfigError with every problem, each naming its field."""
+def config_document(raw: str | Mapping[str, Any]) -> dict[str, Any]:
+    """The task config as a JSON object (TASK_INPUT_CONFIG text or an already parsed mapping)."""
     if isinstance(raw, str):
         if not raw.strip():
             raise ConfigError("TASK_INPUT_CONFIG is empty (expected the PSI task config as JSON)")
@@ -220,6 +220,12 @@ def parse_config(raw: str | Mapping[str, Any]) -> PsiConfig:
         doc = dict(raw)
     if not isinstance(doc, dict):
         raise ConfigError(f"TASK_INPUT_CONFIG must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def parse_config(raw: str | Mapping[str, Any]) -> PsiConfig:
+    """Parse and validate; raises ConfigError with every problem, each naming its field."""
+    doc = config_document(raw)
     try:
         return PsiConfig.model_validate(doc)
     except ValidationError as exc:

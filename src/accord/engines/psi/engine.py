@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import resource
 import threading
 import time
@@ -41,7 +40,7 @@ from accord.engines.psi.io import TableWriter, open_file_writer
 from accord.engines.psi.protocol import PsiSession, prepare_input
 from accord.engines.psi.transport import LinkTimeouts, PeerChannel
 from accord.engines.psi.workers import Masker, default_workers
-from accord.engines.sdk import EngineContractError, TaskContext
+from accord.engines.sdk import EngineContractError, ProgressReporter, TaskContext
 
 log = logging.getLogger("accord.engines.psi")
 
@@ -60,46 +59,6 @@ def listen_port(ctx: TaskContext, environ: Mapping[str, str]) -> int:
         raise ConfigError(
             f"ALLOCATED_PORTS: no port named {PORT_NAME!r} (and no KUSCIA_PORT_PSI_NUMBER)"
         ) from None
-
-
-class ProgressReporter:
-    """Reports progress to the node from a thread, latest value wins; failures are only logged."""
-
-    def __init__(self, ctx: TaskContext) -> None:
-        self._ctx = ctx
-        self._queue: queue.Queue[tuple[float, str] | None] = queue.Queue()
-        self._last = (-1.0, 0.0)
-        self._thread: threading.Thread | None = None
-        if ctx.node_api and ctx.token:
-            self._thread = threading.Thread(target=self._loop, name="psi-progress", daemon=True)
-            self._thread.start()
-
-    def __call__(self, progress: float, message: str) -> None:
-        last_value, last_time = self._last
-        now = time.monotonic()
-        if progress < 1.0 and progress - last_value < 0.02 and now - last_time < 2.0:
-            return
-        self._last = (progress, now)
-        log.info("progress %.0f%%: %s", progress * 100, message)
-        if self._thread is not None:
-            self._queue.put((progress, message))
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            while item is not None and not self._queue.empty():
-                item = self._queue.get()  # skip to the newest
-            if item is None:
-                return
-            try:
-                self._ctx.report_progress(item[0], item[1], timeout=2.0)
-            except Exception as exc:  # never fatal
-                log.warning("progress report failed: %s", exc)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=3)
 
 
 def _resolve_path(work_dir: Path, path: str) -> Path:
@@ -162,7 +121,7 @@ def _run(
     for stale in stale_files:
         stale.unlink(missing_ok=True)  # from an earlier attempt: never mistake it for this run's
     workers = _worker_count(config, env)
-    progress = ProgressReporter(ctx)
+    progress = ProgressReporter(ctx, name="psi-progress", logger=log, min_step=0.02, min_interval=2.0)
     progress(0.0, "starting")
 
     channel = PeerChannel(

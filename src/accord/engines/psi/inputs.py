@@ -7,6 +7,8 @@ network traffic, so a missing column fails with the party and column named and t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from accord.engines.dataio import DataMeshClient
 from accord.engines.psi.config import PartyInput
 from accord.engines.psi.datamesh import DataMeshTableReader
@@ -39,3 +41,11 @@ def check_keys(reader: TableReader, keys: list[str], party: str) -> None:
                 f"inputs.{party}.keys: column {key!r} not found in {reader.description} "
                 f"(columns: {', '.join(names) or 'none'})"
             )
+
+
+def repeated_keys(party: str, keys: Sequence[str], repeated: int, valid_rows: int) -> InputError:
+    """The `duplicates: error` refusal, the same from both engines (a count, never a key)."""
+    return InputError(
+        f"inputs.{party}.keys: {repeated} of {valid_rows} rows repeat a key of an earlier row "
+        f'(key {", ".join(keys)} is not unique); set "duplicates" to "keep-first" or "keep-all"'
+    )

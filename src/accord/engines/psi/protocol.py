@@ -47,6 +47,7 @@ import pyarrow.compute as pc
 from accord.engines.psi.config import MATCH_COLUMN, PROTOCOL_VERSION, PsiConfig
 from accord.engines.psi.crypto import POINT_SIZE, hash_multi_keys, hash_prefix, hash_single_keys
 from accord.engines.psi.errors import InputError, ProtocolMismatch, PsiError
+from accord.engines.psi.inputs import repeated_keys
 from accord.engines.psi.io import TableReader
 from accord.engines.psi.transport import PeerChannel
 from accord.engines.psi.workers import Masker
@@ -150,10 +151,7 @@ def prepare_input(
     if unique < valid_rows:
         repeated = valid_rows - unique
         if duplicates == "error":
-            raise InputError(
-                f"inputs.{party}.keys: {repeated} of {valid_rows} rows repeat a key of an earlier row "
-                f'(key {", ".join(keys)} is not unique); set "duplicates" to "keep-first" or "keep-all"'
-            )
+            raise repeated_keys(party, keys, repeated, valid_rows)
         if duplicates == "keep-first":
             keep = _first_occurrences(row_uid)
             table = table.filter(keep)

@@ -87,24 +87,9 @@ class SpuPsiConfig(PsiConfig):
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
 
 
-def _document(raw: str | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(raw, str):
-        if not raw.strip():
-            raise ConfigError("TASK_INPUT_CONFIG is empty (expected the PSI task config as JSON)")
-        try:
-            doc: Any = json.loads(raw)
-        except ValueError as exc:
-            raise ConfigError(f"TASK_INPUT_CONFIG is not valid JSON: {exc}") from exc
-    else:
-        doc = dict(raw)
-    if not isinstance(doc, dict):
-        raise ConfigError(f"TASK_INPUT_CONFIG must be a JSON object, got {type(doc).__name__}")
-    return doc
-
-
 def parse_config(raw: str | Mapping[str, Any]) -> SpuPsiConfig:
     """Parse and validate for the SPU engine; raises ConfigError naming every bad field."""
-    doc = _document(raw)
+    doc = shared.config_document(raw)
     try:
         return SpuPsiConfig.model_validate(doc)
     except ValidationError as exc:
@@ -113,7 +98,7 @@ def parse_config(raw: str | Mapping[str, Any]) -> SpuPsiConfig:
 
 def parse_task_config(raw: str | Mapping[str, Any]) -> PsiConfig:
     """Validate a psi task config for whichever engine its `engine` field names (default builtin)."""
-    doc = _document(raw)
+    doc = shared.config_document(raw)
     if doc.get("engine") == ENGINE:
         return parse_config(doc)
     return shared.parse_config(doc)

@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import resource
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -52,7 +50,7 @@ from accord.engines.psi.datamesh import DataMeshTableWriter, connect
 from accord.engines.psi.errors import ConfigError, PsiError
 from accord.engines.psi.inputs import check_keys, resolve_input
 from accord.engines.psi.io import TableWriter, open_file_writer
-from accord.engines.sdk import TaskContext
+from accord.engines.sdk import ProgressReporter, TaskContext
 from accord.engines.spu_psi import native
 from accord.engines.spu_psi.config import SpuPsiConfig, parse_config
 from accord.engines.spu_psi.files import TraceFiles, private_dir, remove_private
@@ -82,40 +80,6 @@ log = logging.getLogger("accord.engines.spu_psi")
 RESULT_FILE = "result.json"
 DEFAULT_OUTPUT = "output.csv"
 FAIL_NOTICE_TIMEOUT_S = 15.0
-
-
-class ProgressReporter:
-    """Progress to the node from a thread (latest value wins); never fails the task."""
-
-    def __init__(self, ctx: TaskContext) -> None:
-        self._ctx = ctx
-        self._queue: queue.Queue[tuple[float, str] | None] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        if ctx.node_api and ctx.token:
-            self._thread = threading.Thread(target=self._loop, name="spu-psi-progress", daemon=True)
-            self._thread.start()
-
-    def __call__(self, progress: float, message: str) -> None:
-        log.info("progress %.0f%%: %s", progress * 100, message)
-        if self._thread is not None:
-            self._queue.put((progress, message))
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            while item is not None and not self._queue.empty():
-                item = self._queue.get()
-            if item is None:
-                return
-            try:
-                self._ctx.report_progress(item[0], item[1], timeout=2.0)
-            except Exception as exc:
-                log.warning("progress report failed: %s", exc)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=3)
 
 
 def run_task(ctx: TaskContext, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -158,7 +122,7 @@ def _run(
     private.mkdir(mode=0o700, parents=True)
     os.environ["TMPDIR"] = str(private)
     traces = TraceFiles()
-    progress = ProgressReporter(ctx)
+    progress = ProgressReporter(ctx, name="spu-psi-progress", logger=log)
     lctx: Any = None
     writer: TableWriter | None = None
     timings: dict[str, float] = {}

@@ -42,6 +42,7 @@ import pyarrow.csv as pa_csv
 
 from accord.engines.psi.config import MATCH_COLUMN
 from accord.engines.psi.errors import InputError
+from accord.engines.psi.inputs import repeated_keys
 from accord.engines.psi.io import TableReader
 
 KEY_COLUMN = "k"
@@ -179,10 +180,7 @@ def prepare_input(
     if unique < valid_rows:
         repeated = valid_rows - unique
         if duplicates == "error":
-            raise InputError(
-                f"inputs.{party}.keys: {repeated} of {valid_rows} rows repeat a key of an earlier row "
-                f'(key {", ".join(keys)} is not unique); set "duplicates" to "keep-first" or "keep-all"'
-            )
+            raise repeated_keys(party, keys, repeated, valid_rows)
         if duplicates == "keep-first":
             first = first_occurrences(pc.dictionary_encode(write_keys).indices.cast(pa.int64()))
             write_keys, write_rows = write_keys.filter(first), write_rows.filter(first)
