@@ -30,11 +30,9 @@ reported apart).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -107,35 +105,6 @@ def bare_party(args: argparse.Namespace) -> None:
     sys.stdout.flush()
     time.sleep(0.5)
     os._exit(0)
-
-
-async def gateway_role(args: argparse.Namespace) -> None:
-    """A gateway process with the benchmark task's PTP session registered (as a running task has)."""
-    from accord.gateway import Gateway, ServiceRegistry
-    from accord.gateway.standalone import build_store, settings_of
-
-    config = json.loads(Path(args.config).read_text())
-    settings = settings_of(config)
-    store = await build_store(config)
-    registry = ServiceRegistry()
-    registry.register_session(args.session, parties=set(PARTIES), task=args.session)
-    gateway = Gateway(
-        settings,
-        store,
-        registry,
-        key_pem=settings.key_path.read_bytes(),
-        cert_pem=settings.cert_path.read_bytes(),
-    )
-    task = asyncio.create_task(gateway.run())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    await gateway.ready.wait()
-    print("READY", flush=True)
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
 
 
 # -- measuring -------------------------------------------------------------------------------------------
@@ -368,17 +337,15 @@ class Gateways:
                 "egress_port": ports[p][1],
                 "peers": {peer: str(work / f"gw-{peer}" / "domain.crt")},
                 "routes": [{"to": peer, "endpoint": f"https://127.0.0.1:{ports[peer][0]}"}],
+                "sessions": [{"id": TASK, "parties": list(PARTIES)}],
             }
             (work / f"gw-{p}.json").write_text(json.dumps(config))
             command = [
                 sys.executable,
-                str(Path(__file__).resolve()),
-                "--role",
-                "gateway",
+                "-m",
+                "accord.gateway.standalone",
                 "--config",
                 str(work / f"gw-{p}.json"),
-                "--session",
-                TASK,
             ]
             proc = subprocess.Popen(
                 pin(command, pinned, index),
@@ -617,16 +584,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--keep", action="store_true", help="keep the generated data and outputs")
     # child roles
-    parser.add_argument("--role", choices=["bare-party", "gateway"], help=argparse.SUPPRESS)
-    for name in ("rank", "ports", "input", "output", "result", "config", "session"):
+    parser.add_argument("--role", choices=["bare-party"], help=argparse.SUPPRESS)
+    for name in ("rank", "ports", "input", "output", "result"):
         parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "bare-party":
         args.rank = int(args.rank)
         bare_party(args)
-        return
-    if args.role == "gateway":
-        asyncio.run(gateway_role(args))
         return
 
     from accord.runtimes.engines import install_engine

@@ -17,7 +17,8 @@ Config (JSON):
       "routes": [{"to": "carol", "endpoint": "https://10.231.1.2:8443"},
                  {"to": "bob", "via": "carol"}],   # also "auth": "Token", "token_rotation": SECONDS
       "accept_tokens_from": ["dave"],       # inbound token grants
-      "services": [{"name": "echo", "port": 9000, "allowed": ["alice"]}]
+      "services": [{"name": "echo", "port": 9000, "allowed": ["alice"]}],
+      "sessions": [{"id": "job-1-psi", "parties": ["alice", "bob"]}]  # PTP sessions (a task's)
     }
 
 `--probe DOMAIN` runs the route handshake to DOMAIN once, prints the result as JSON and exits (0 if
@@ -107,6 +108,8 @@ async def serve(config: dict[str, Any]) -> None:
     registry = ServiceRegistry()
     for service in config.get("services", []):
         registry.register(service["name"], int(service["port"]), allowed=set(service.get("allowed", [])))
+    for session in config.get("sessions", []):
+        registry.register_session(session["id"], parties=set(session["parties"]), task=session["id"])
     gateway = Gateway(
         settings,
         store,
