@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from accord.controllers.status import update_status
+from accord.controllers.status import record_ack, update_status
 from accord.errors import AccordError, NotFound
 from accord.interop.client import PeerClient, SendBook
 from accord.interop.common import job_state_of, participants
@@ -173,15 +173,5 @@ class JobMessenger:
                 return self.book.failed(key, exc.message)
             log.info("job %s: %s refused the approval report: %s", job.name, initiator, exc.message)
         self.book.succeeded(key)
-
-        def acked(draft: Job) -> bool:
-            if draft.status.sync.get(initiator) == wanted:
-                return False
-            draft.status.sync[initiator] = wanted
-            return True
-
-        try:
-            await update_status(self._store, job, acked, actor=ACTOR, check=False)
-        except NotFound:
-            pass
+        await record_ack(self._store, job, initiator, wanted, actor=ACTOR)
         return None

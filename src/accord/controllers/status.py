@@ -17,12 +17,14 @@ and may skip the steps it did not see) are written with `check=False`: the initi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from accord.controllers.queue import TemporaryError
-from accord.errors import Conflict, ErrorCode
+from accord.errors import Conflict, ErrorCode, NotFound
 from accord.resources.audit import AuditEntry
+from accord.resources.job import Job, Task
 from accord.resources.meta import AnyResource
 from accord.resources.phases import JobPhase, TaskPhase
 from accord.scheduling.transitions import check_job_transition, check_task_transition
@@ -96,3 +98,20 @@ async def update_status(
     raise TemporaryError(
         f"{current.kind} {current.meta.name!r} kept changing during {attempts} status writes", delay=0.1
     )
+
+
+Synced = TypeVar("Synced", Job, Task)
+
+
+async def record_ack(store: Store, obj: Synced, peer: str, wanted: str, *, actor: str) -> None:
+    """Remember that `peer` acknowledged the message whose digest is `wanted` (`status.sync[peer]`),
+    so it is not sent again; an object deleted meanwhile needs nothing remembered."""
+
+    def acked(draft: Synced) -> bool:
+        if draft.status.sync.get(peer) == wanted:
+            return False
+        draft.status.sync[peer] = wanted
+        return True
+
+    with contextlib.suppress(NotFound):
+        await update_status(store, obj, acked, actor=actor, check=False)

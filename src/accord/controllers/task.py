@@ -60,7 +60,7 @@ from accord.controllers.party import (
     party_of,
 )
 from accord.controllers.queue import Outcome
-from accord.controllers.status import update_status
+from accord.controllers.status import record_ack, update_status
 from accord.errors import AccordError, Conflict, ErrorCode, NotFound, Unauthenticated, invalid
 from accord.gateway import ServiceRegistry
 from accord.interop.client import PeerClient, SendBook
@@ -506,17 +506,7 @@ class TaskController:
         except AccordError as exc:
             return self.book.failed(key, exc.message)
         self.book.succeeded(key)
-
-        def acked(draft: Task) -> bool:
-            if draft.status.sync.get(initiator) == wanted:
-                return False
-            draft.status.sync[initiator] = wanted
-            return True
-
-        try:
-            await update_status(self._store, task, acked, actor=ACTOR, check=False)
-        except NotFound:
-            pass
+        await record_ack(self._store, task, initiator, wanted, actor=ACTOR)
         return None
 
 
