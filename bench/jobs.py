@@ -17,7 +17,6 @@ carol) on loopback, makes them partners (pinned certificates, routes both ways),
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -28,30 +27,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.nodes import NodeProcess, connect, eventually
+from tests.nodes import NodeProcess, connect, eventually, one_task_job
 
 from accord.client import AccordClient
 from accord.client.jobs import submit_job
 
 FINAL = ("Succeeded", "Failed", "ApprovalReject", "Cancelled")
-
-
-def one_task_job(name: str, parties: list[str], config: dict[str, Any], app: str = "hello") -> dict[str, Any]:
-    return {
-        "kind": "Job",
-        "meta": {"name": name},
-        "spec": {
-            "initiator": "alice",
-            "tasks": [
-                {
-                    "alias": "t",
-                    "app_image": app,
-                    "input_config": json.dumps(config),
-                    "parties": [{"domain": d} for d in parties],
-                }
-            ],
-        },
-    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -87,7 +68,9 @@ def concurrent_jobs(client_of: Any, count: int, app: str) -> tuple[int, float, l
     def submit(name: str) -> None:
         try:
             with client_of() as client:
-                submit_job(client, one_task_job(name, ["alice", "bob"], {"numbers": [1, 2], "sleep": 1}, app))
+                submit_job(
+                    client, one_task_job(name, ["alice", "bob"], {"numbers": [1, 2], "sleep": 1}, app=app)
+                )
             submitted[name] = time.perf_counter()
         except Exception as exc:  # a failure to submit counts as a failed job
             errors.append(f"{name}: submit failed: {exc!r}")

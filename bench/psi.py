@@ -373,7 +373,7 @@ class Gateways:
 
 def run_nodes(spu: Path, data: Path, work: Path, pinned: bool, timeout: float, expected: int) -> Run:
     sys.path.insert(0, str(ROOT))
-    from tests.nodes import NodeProcess, connect
+    from tests.nodes import NodeProcess, connect, one_task_job
 
     from accord.client.data import add_data
     from accord.client.jobs import submit_job
@@ -403,21 +403,7 @@ def run_nodes(spu: Path, data: Path, work: Path, pinned: bool, timeout: float, e
             "inputs": {p: {"data": f"{p}-table", "keys": ["id"]} for p in PARTIES},
         }
         name = f"spu{int(time.time())}"
-        job = {
-            "kind": "Job",
-            "meta": {"name": name},
-            "spec": {
-                "initiator": "alice",
-                "tasks": [
-                    {
-                        "alias": "psi",
-                        "app_image": "spu-psi",
-                        "parties": [{"domain": d} for d in PARTIES],
-                        "input_config": json.dumps(config),
-                    }
-                ],
-            },
-        }
+        job = one_task_job(name, PARTIES, config, app="spu-psi", alias="psi")
         trees = {p: Tree(node.proc.pid) for p, node in nodes.items() if node.proc is not None}
         engines: dict[str, Any] = {}
         started, submitted_at = time.monotonic(), time.time()

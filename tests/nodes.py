@@ -8,6 +8,7 @@ the `run/endpoints.json` it publishes.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -15,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -220,3 +221,31 @@ def connect(*nodes: NodeProcess, timeout: float = 30.0) -> None:
                     timeout=timeout,
                     what=f"route {name} to become Ready",
                 )
+
+
+def one_task_job(
+    name: str,
+    parties: Sequence[str],
+    config: Mapping[str, Any] | str,
+    *,
+    app: str = "hello",
+    alias: str = "t",
+    initiator: str = "alice",
+) -> dict[str, Any]:
+    """A Job document (as `accord apply` takes it) with one task run by `parties`; `config` is the
+    task's input config, JSON-encoded here unless it is text already."""
+    return {
+        "kind": "Job",
+        "meta": {"name": name},
+        "spec": {
+            "initiator": initiator,
+            "tasks": [
+                {
+                    "alias": alias,
+                    "app_image": app,
+                    "parties": [{"domain": d} for d in parties],
+                    "input_config": config if isinstance(config, str) else json.dumps(config),
+                }
+            ],
+        },
+    }

@@ -13,27 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.nodes import NodeProcess, eventually
+from tests.nodes import NodeProcess, eventually, one_task_job
 
 JOBS = 40
 
 
 def _job(name: str) -> dict[str, object]:
-    return {
-        "kind": "Job",
-        "meta": {"name": name},
-        "spec": {
-            "initiator": "alice",
-            "tasks": [
-                {
-                    "alias": "work",
-                    "app_image": "hello",
-                    "input_config": '{"numbers": [1, 2, 3], "sleep": 0.3}',
-                    "parties": [{"domain": "alice"}],
-                }
-            ],
-        },
-    }
+    return one_task_job(name, ["alice"], '{"numbers": [1, 2, 3], "sleep": 0.3}', alias="work")
 
 
 @pytest.mark.parametrize("store", ["sqlite"])

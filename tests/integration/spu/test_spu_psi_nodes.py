@@ -26,7 +26,7 @@ from accord.errors import NotFound
 from accord.runtimes.engines import ENGINE_LABEL
 from accord.runtimes.process import ProcessRuntime
 from tests.integration.spu.pair import PARTIES, make_tables
-from tests.nodes import NodeProcess, connect, eventually
+from tests.nodes import NodeProcess, connect, eventually, one_task_job
 
 FINAL = ("Succeeded", "Failed", "ApprovalReject", "Cancelled")
 LIMIT = 120.0
@@ -81,21 +81,7 @@ def _wait_job(node: NodeProcess, name: str) -> dict[str, Any]:
 
 
 def psi_job(name: str, config: dict[str, Any], app: str = "spu-psi") -> dict[str, Any]:
-    return {
-        "kind": "Job",
-        "meta": {"name": name},
-        "spec": {
-            "initiator": "alice",
-            "tasks": [
-                {
-                    "alias": "psi",
-                    "app_image": app,
-                    "parties": [{"domain": d} for d in PARTIES],
-                    "input_config": json.dumps(config),
-                }
-            ],
-        },
-    }
+    return one_task_job(name, PARTIES, config, app=app, alias="psi")
 
 
 def test_spu_psi_job_across_two_nodes(
