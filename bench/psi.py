@@ -124,48 +124,10 @@ def pin(command: list[str], pinned: bool, index: int) -> list[str]:
     return ["taskset", "-c", str(index), *command] if pinned else command
 
 
-def watch(
-    procs: dict[str, subprocess.Popen[bytes]], timeout: float, extra: dict[str, int] | None = None
-) -> dict[str, Any]:
-    """Wait for `procs`, sampling each one's process tree (and the `extra` pids' trees)."""
-    from psi_builtin import Tree, process_parents
-
-    trees = {name: Tree(proc.pid) for name, proc in procs.items()}
-    others = {name: Tree(pid) for name, pid in (extra or {}).items()}
-    started = time.monotonic()
-    while any(proc.poll() is None for proc in procs.values()):
-        if time.monotonic() - started > timeout:
-            for proc in procs.values():
-                proc.kill()
-            raise SystemExit("benchmark run timed out")
-        parents = process_parents()
-        for name, proc in procs.items():
-            if proc.poll() is None:
-                trees[name].sample(parents)
-        for tree in others.values():
-            tree.sample(parents)
-        time.sleep(0.05)
-    return {"wall_s": time.monotonic() - started, "started": started, "trees": trees, "others": others}
-
-
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCORD_", "TASK_", "KUSCIA_"))}
     env.update(extra)
     return env
-
-
-def check_outputs(paths: dict[str, Path], data: Path, expected: int) -> None:
-    import pyarrow.csv as pa_csv
-
-    columns = {p: pa_csv.read_csv(paths[p]).column("id") for p in PARTIES}
-    if not columns["alice"].equals(columns["bob"]):
-        raise SystemExit(f"outputs are not aligned: {paths}")
-    alice = set(pa_csv.read_csv(data / "alice.csv").column("id").to_pylist())
-    bob = set(pa_csv.read_csv(data / "bob.csv").column("id").to_pylist())
-    truth = alice & bob
-    got = columns["alice"].to_pylist()
-    if set(got) != truth or len(got) != len(truth) or len(truth) != expected:
-        raise SystemExit(f"wrong intersection: {len(got)} rows, expected {len(truth)}")
 
 
 def run_bare(spu: Path, data: Path, work: Path, pinned: bool, timeout: float) -> Run:
@@ -205,6 +167,8 @@ def run_bare(spu: Path, data: Path, work: Path, pinned: bool, timeout: float) ->
             stderr=subprocess.STDOUT,
         )
     traces = {party: TraceFiles(pid=proc.pid) for party, proc in procs.items()}
+    from psi_builtin import watch
+
     outcome = watch(procs, timeout)
     for trace in traces.values():
         trace.cleanup()  # libpsi's /tmp/psi_*.trace of these two processes
@@ -294,6 +258,8 @@ def run_engine(
             stdout=(d / "stdout.log").open("wb"),
             stderr=(d / "stderr.log").open("wb"),
         )
+    from psi_builtin import watch
+
     outcome = watch(procs, timeout, gateway_pids)
     failed = [party for party, proc in procs.items() if proc.returncode != 0]
     if failed:
@@ -377,7 +343,7 @@ def run_nodes(spu: Path, data: Path, work: Path, pinned: bool, timeout: float, e
 
     from accord.client.data import add_data
     from accord.client.jobs import submit_job
-    from psi_builtin import Tree, process_parents
+    from psi_builtin import Tree, check_outputs, process_parents
 
     nodes = {p: NodeProcess(work / p, p) for p in PARTIES}
     try:
@@ -647,6 +613,8 @@ def run_mode(
         return run_builtin(data, work, pinned, timeout, shared)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
+    from psi_builtin import check_outputs
+
     check_outputs(run.extra["outputs"], data, shared)
     return run
 

@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow.csv as pa_csv
 
@@ -137,18 +138,8 @@ def run(data: Path, work: Path, *, pinned: bool, workers: int | None, timeout: f
             stdout=(directory / "stdout.log").open("wb"),
             stderr=(directory / "stderr.log").open("wb"),
         )
-    trees = {p: Tree(procs[p].pid) for p in PARTIES}
-    while any(proc.poll() is None for proc in procs.values()):
-        if time.monotonic() - started > timeout:
-            for proc in procs.values():
-                proc.kill()
-            raise SystemExit("benchmark timed out")
-        parents = process_parents()
-        for party in PARTIES:
-            if procs[party].poll() is None:
-                trees[party].sample(parents)
-        time.sleep(0.05)
-    wall = time.monotonic() - started
+    outcome = watch(procs, timeout, started=started)
+    trees, wall = outcome["trees"], outcome["wall_s"]
     for party in PARTIES:
         if procs[party].returncode != 0:
             raise SystemExit(f"{party} failed: {(work / party / 'stderr.log').read_text()}")
@@ -156,16 +147,47 @@ def run(data: Path, work: Path, *, pinned: bool, workers: int | None, timeout: f
     return {"wall_s": wall, "trees": trees, "results": results}
 
 
-def check(work: Path, data: Path, expected: int) -> None:
-    outputs = {p: pa_csv.read_csv(work / p / "output.csv").column("id") for p in PARTIES}
-    if not outputs["alice"].equals(outputs["bob"]):
-        raise SystemExit("outputs are not aligned")
+def watch(
+    procs: dict[str, subprocess.Popen[bytes]],
+    timeout: float,
+    extra: dict[str, int] | None = None,
+    *,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """Wait for `procs`, sampling each one's process tree (and the `extra` pids' trees) every 50 ms;
+    the clock starts at `started` (default: now)."""
+    trees = {name: Tree(proc.pid) for name, proc in procs.items()}
+    others = {name: Tree(pid) for name, pid in (extra or {}).items()}
+    started = time.monotonic() if started is None else started
+    while any(proc.poll() is None for proc in procs.values()):
+        if time.monotonic() - started > timeout:
+            for proc in procs.values():
+                proc.kill()
+            raise SystemExit("benchmark run timed out")
+        parents = process_parents()
+        for name, proc in procs.items():
+            if proc.poll() is None:
+                trees[name].sample(parents)
+        for tree in others.values():
+            tree.sample(parents)
+        time.sleep(0.05)
+    return {"wall_s": time.monotonic() - started, "started": started, "trees": trees, "others": others}
+
+
+def check_outputs(paths: dict[str, Path], data: Path, expected: int) -> None:
+    columns = {p: pa_csv.read_csv(paths[p]).column("id") for p in PARTIES}
+    if not columns["alice"].equals(columns["bob"]):
+        raise SystemExit(f"outputs are not aligned: {paths}")
     alice = set(pa_csv.read_csv(data / "alice.csv").column("id").to_pylist())
     bob = set(pa_csv.read_csv(data / "bob.csv").column("id").to_pylist())
     truth = alice & bob
-    got = set(outputs["alice"].to_pylist())
-    if got != truth or len(truth) != expected or len(outputs["alice"]) != len(truth):
+    got = columns["alice"].to_pylist()
+    if set(got) != truth or len(got) != len(truth) or len(truth) != expected:
         raise SystemExit(f"wrong intersection: {len(got)} rows, expected {len(truth)}")
+
+
+def check(work: Path, data: Path, expected: int) -> None:
+    check_outputs({p: work / p / "output.csv" for p in PARTIES}, data, expected)
 
 
 def main() -> None:
