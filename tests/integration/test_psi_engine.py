@@ -20,24 +20,20 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from accord.datamesh.flight import DataMeshService
-from accord.datamesh.registry import ensure_default_source, register_file
 from accord.datamesh.wire import TaskGrant
 from accord.engines.dataio import DataMeshClient
 from accord.engines.psi.engine import run_task
 from accord.engines.psi.errors import ConfigError, InputError
 from accord.engines.sdk import ClusterDefine, ClusterParty, Port, Service, TaskContext
 from accord.resources.data import DomainData
-from accord.settings import NodeSettings
-from accord.store.memory import MemoryStore
+from tests.integration.datamesh_node import datamesh_node
 
 PARTIES = ("alice", "bob")
 
@@ -371,37 +367,6 @@ def test_a_cancelled_party_tells_the_other(tmp_path: Path, engines: Engines) -> 
 
 
 # -- under a node: inputs and outputs through DataMesh -------------------------------------------------
-
-
-@dataclass
-class Node:
-    """One party's DataMesh (real Flight service over an in-memory store), as a node runs it."""
-
-    store: MemoryStore
-    service: DataMeshService
-    tokens: dict[str, TaskGrant]
-
-
-@contextlib.asynccontextmanager
-async def datamesh_node(tmp_path: Path, domain: str, tables: dict[str, str]) -> AsyncIterator[Node]:
-    store = MemoryStore()
-    settings = NodeSettings(domain=domain, dir=tmp_path / f"node-{domain}", datamesh_port=0)
-    await ensure_default_source(store, settings)
-    for name, path in tables.items():
-        await register_file(store, settings, name, path, column_types={"id": "str"})
-    tokens: dict[str, TaskGrant] = {}
-
-    async def resolve(token: str) -> TaskGrant | None:
-        return tokens.get(token)
-
-    service = DataMeshService(store, settings, resolve)
-    runner = asyncio.create_task(service.run())
-    await asyncio.wait_for(service.ready.wait(), 10)
-    try:
-        yield Node(store, service, tokens)
-    finally:
-        service.request_stop()
-        await asyncio.wait_for(runner, 20)
 
 
 def contract(

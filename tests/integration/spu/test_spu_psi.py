@@ -9,22 +9,19 @@ task registers it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from accord.datamesh.flight import DataMeshService
-from accord.datamesh.registry import ensure_default_source, register_file
 from accord.datamesh.wire import TaskGrant
 from accord.engines.dataio import DataMeshClient
 from accord.resources.data import DomainData
-from accord.settings import NodeSettings
-from accord.store.memory import MemoryStore
+from tests.integration.datamesh_node import Node, datamesh_node
 from tests.integration.gateway.harness import GatewayNode
 from tests.integration.spu.pair import (
     PARTIES,
@@ -313,39 +310,23 @@ async def test_sigterm_stops_both_promptly_without_output(
 # -- under a node: input from and output to DataMesh ----------------------------------------------------
 
 
-async def _datamesh(
-    tmp_path: Path, domain: str, table: str, path: str
-) -> tuple[DataMeshService, MemoryStore, dict[str, TaskGrant], asyncio.Task[None]]:
-    store = MemoryStore()
-    settings = NodeSettings(domain=domain, dir=tmp_path / f"node-{domain}", datamesh_port=0)
-    await ensure_default_source(store, settings)
-    await register_file(store, settings, table, path, column_types={"id": "str"})
-    tokens: dict[str, TaskGrant] = {}
-
-    async def resolve(token: str) -> TaskGrant | None:
-        return tokens.get(token)
-
-    service = DataMeshService(store, settings, resolve)
-    runner = asyncio.create_task(service.run())
-    await asyncio.wait_for(service.ready.wait(), 10)
-    return service, store, tokens, runner
-
-
 async def test_under_a_node_data_comes_from_and_goes_to_datamesh(
     spu_python: Path, ptp_pair: dict[str, GatewayNode], tmp_path: Path
 ) -> None:
     paths, expected = make_tables(tmp_path / "data", rows=2000, special=False)
-    meshes: dict[str, Any] = {}
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        meshes: dict[str, Node] = {}
         for party in PARTIES:
-            meshes[party] = await _datamesh(tmp_path, party, f"{party}-table", paths[party])
-            meshes[party][2][f"tok-{party}"] = TaskGrant(
+            tables = {f"{party}-table": paths[party]}
+            meshes[party] = await stack.enter_async_context(datamesh_node(tmp_path, party, tables))
+            meshes[party].tokens[f"tok-{party}"] = TaskGrant(
                 task=TASK, job="job-1", domain=party, inputs={f"{party}-table"}, outputs_allowed=True
             )
         config = psi_config(paths, receivers=list(PARTIES))
         config["inputs"] = {p: {"data": f"{p}-table", "keys": ["id"]} for p in PARTIES}
         extra = {
-            p: {"ACCORD_DATAMESH": meshes[p][0].location, "ACCORD_TASK_TOKEN": f"tok-{p}"} for p in PARTIES
+            p: {"ACCORD_DATAMESH": meshes[p].service.location, "ACCORD_TASK_TOKEN": f"tok-{p}"}
+            for p in PARTIES
         }
         outcomes = await Pair(spu_python, tmp_path / "run", ptp_pair).run(same_config(config), extra)
         for outcome in outcomes.values():
@@ -354,7 +335,7 @@ async def test_under_a_node_data_comes_from_and_goes_to_datamesh(
             assert not (outcome.work / "output.csv").exists()
         columns = {}
         for party in PARTIES:
-            service, store, tokens, _ = meshes[party]
+            service, store, tokens = meshes[party].service, meshes[party].store, meshes[party].tokens
             data = await store.get("DomainData", f"{TASK}-output")
             assert isinstance(data, DomainData)
             assert data.spec.lineage.model_dump() == {
@@ -368,7 +349,3 @@ async def test_under_a_node_data_comes_from_and_goes_to_datamesh(
             client.close()
             columns[party] = table.column("id").to_pylist()
         assert columns["alice"] == columns["bob"] and set(columns["alice"]) == expected
-    finally:
-        for service, _, _, runner in meshes.values():
-            service.request_stop()
-            await asyncio.wait_for(runner, 20)
