@@ -5,8 +5,10 @@ and when the link fails there -- the peer was killed, its gateway went away -- t
 in `std::terminate`: SIGABRT, no Python `except` runs, no one-line reason, and the private copy of the
 keys stays in the work dir.  The guard (stdlib only: a few MB, no spu) starts the party process with
 the same environment, relays its output line by line while keeping the tail, forwards SIGTERM/SIGINT,
-and exits as it did.  If it died by a signal instead, the guard removes its private dir and its libpsi
-trace files and prints the one line the engine contract asks for:
+and exits as it did.  Once the party has exited, whatever happened, the guard removes its private dir
+and its libpsi trace files again: no writer is left then (the party's own cleanup can race a native
+thread that outlives a SIGTERM).  If the party died by a signal, the guard also prints the one line the
+engine contract asks for:
 
     spu-psi: peer error: the link to bob failed during the PSI and libpsi aborted (Get data timeout ...)
     spu-psi: internal error: libpsi crashed with SIGSEGV (<its last error line>)
@@ -120,10 +122,12 @@ def main() -> int:
     code = child.wait()
     for pump in pumps:
         pump.join(timeout=5)
-    if code >= 0:
-        return code
+    # Always, once the party is gone: its own cleanup can race a native libpsi thread still running when
+    # SIGTERM unwound the main thread (libpsi then recreates its scratch dir under the private dir).
     remove_private(work_dir)
     traces.cleanup()
+    if code >= 0:
+        return code
     exit_code, reason = explain_crash(-code, [*err_tail, *out_tail])
     sys.stdout.flush()
     print(reason, file=sys.stderr, flush=True)

@@ -2,7 +2,8 @@
 
 - `<work dir>/.spu-psi/` (mode 0700): libpsi's input file, its output, its scratch dirs and `sort`'s
   spill files (TMPDIR points here).  It holds a copy of the party's keys, so it is removed after every
-  run -- by the engine, or by the guard when libpsi took the process down.
+  run -- by the engine, and again by the guard once the party process has exited (a native libpsi
+  thread may still write there while a SIGTERM unwinds the engine, or libpsi took the process down).
 - `/tmp/psi_<random>.trace`: libpsi writes a perfetto trace into /tmp whatever TMPDIR says.  Ours are
   recognised by the process id in the trace's process descriptor (protobuf field 1 followed by the
   command line, field 2), so two engines sharing /tmp never delete each other's.  Under the RunP
