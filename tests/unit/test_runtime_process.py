@@ -8,6 +8,7 @@ behaviour.  The sandbox's own promises are tested in tests/integration/test_runt
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -321,6 +322,29 @@ async def test_a_new_runtime_adopts_a_running_engine(settings: NodeSettings, run
     assert polled.pid == started.pid
     final = await reborn.wait("t-adopt", LIMIT, "uid-1")
     assert final.state is EngineState.EXITED and final.exit_code == 4
+
+
+async def test_exit_listeners_hear_of_an_ending_engine_without_polling(runtime: ProcessRuntime) -> None:
+    ended: asyncio.Queue[str] = asyncio.Queue()
+    runtime.on_exit(ended.put_nowait)
+    await runtime.start(launch("t-notice", app("brief", "import time; time.sleep(0.3)")))
+    assert await asyncio.wait_for(ended.get(), LIMIT) == "t-notice"
+    status = await runtime.poll("t-notice", "uid-1")  # the notice is a wake-up; poll has the record
+    assert status.state is EngineState.EXITED and status.exit_code == 0
+    assert ended.empty()
+
+
+async def test_an_adopted_engine_is_watched_too(settings: NodeSettings, runtime: ProcessRuntime) -> None:
+    await runtime.start(launch("t-adopted", app("slow", "import time; time.sleep(1.0)")))
+    reborn = ProcessRuntime(settings)  # a restarted node: the launcher is not its child
+    ended: asyncio.Queue[str] = asyncio.Queue()
+    reborn.on_exit(ended.put_nowait)
+    try:
+        assert (await reborn.poll("t-adopted", "uid-1")).state is EngineState.RUNNING
+        assert await asyncio.wait_for(ended.get(), LIMIT) == "t-adopted"
+        assert (await reborn.poll("t-adopted", "uid-1")).state is EngineState.EXITED
+    finally:
+        await reborn.close()
 
 
 async def test_uid_mismatch_means_not_started(runtime: ProcessRuntime) -> None:

@@ -15,6 +15,9 @@
         async def extra_names(self) -> Iterable[str]
             # names to reconcile at every (re)list besides the stored objects (the task controller
             # returns engines still running for tasks that were deleted while the node was down)
+        def attach(self, enqueue: Callable[[str], None]) -> None
+            # called once before the watches start: `enqueue(name)` asks for a reconcile when something
+            # outside the store changed (the task controller: an engine process ended)
 
 `reconcile` is called with the object's *name*, never a snapshot: it reads the current object itself, so
 coalesced events lose nothing.  It runs serialised per name (see `queue.py`) and returns an `Outcome`,
@@ -95,6 +98,10 @@ class ControllerManager:
 
     async def run(self) -> None:
         """Watch and reconcile until cancelled; then stop every watcher and worker."""
+        for controller in self._controllers:
+            attach: Any = getattr(controller, "attach", None)
+            if attach is not None:
+                attach(self.queues[controller.kind].enqueue)
         try:
             async with asyncio.TaskGroup() as group:
                 for controller in self._controllers:

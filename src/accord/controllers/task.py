@@ -135,6 +135,10 @@ class TaskController:
         """Tasks whose engines still run (maybe deleted while the node was down)."""
         return await self._runtime.running_tasks()
 
+    def attach(self, enqueue: Callable[[str], None]) -> None:
+        """An engine that ends wakes its task at once; the poll every `poll_interval` is the safety net."""
+        self._runtime.on_exit(enqueue)
+
     async def reconcile(self, name: str) -> Outcome:
         try:
             task = cast(Task, await self._store.get("Task", name))

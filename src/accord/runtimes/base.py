@@ -20,7 +20,7 @@ into env variables and config files (`runtimes/contract.py`) and never adds anyt
 from __future__ import annotations
 
 import signal as signals
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -156,4 +156,12 @@ class Runtime(Protocol):
 
     async def running_tasks(self) -> list[str]:
         """Names of tasks whose engine (started by this or a previous node process) still runs."""
+        ...
+
+    def on_exit(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(task)` soon after an engine this runtime launched or adopted ends.
+
+        A wake-up, not a record: it may come more than once or (where the machine cannot watch a
+        process) never, so callers still `poll`, only less often; `poll` stays the one source of truth.
+        """
         ...

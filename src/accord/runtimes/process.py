@@ -41,6 +41,11 @@ also *holds* each port (a listening socket; early connections wait in its backlo
 bridge serves it, so no other program can take it in between; without a sandbox the engine must bind
 them itself (a short window remains).
 
+Exit notices: the launcher of every engine started (or adopted) is watched through a pidfd on the
+event loop, and `on_exit` listeners (the task controller) are told the moment it ends, so a finished
+task is seen at once instead of at the next poll.  A notice is only a wake-up: the exit record is
+what `poll` reports, and without pidfds (old kernels) polling alone still finds every exit.
+
 Exit status: exit code 0 is success; another code is a *failure* ("engine exited with code 3: <log
 tail>"); a signal is a *crash* ("engine crashed (killed by signal SIGSEGV)"), and an OOM kill in the
 engine's cgroup reads "engine killed: memory limit 64 MiB exceeded" (`EngineStatus.describe`).
@@ -144,6 +149,8 @@ class ProcessRuntime:
         self._bridges: dict[str, tuple[str, HostBridge]] = {}  # task -> (uid of the run, its bridge)
         self._locks: dict[str, asyncio.Lock] = {}
         self._finished: set[tuple[str, str]] = set()  # (task, uid) runs whose sandbox was cleaned up
+        self._exit_listeners: list[Callable[[str], None]] = []
+        self._exit_watches: dict[str, tuple[int, int]] = {}  # task -> (launcher pid, its pidfd)
 
     # -- isolation ------------------------------------------------------------------------------
 
@@ -292,6 +299,7 @@ class ProcessRuntime:
             await self._close_bridge(task)
             await asyncio.to_thread(prepared.cleanup)
             raise
+        self._watch_exit(task, pid)
         # Return once the launcher has recorded itself (or ended), so the on-disk record a restarted node
         # relies on exists before the caller writes "Running".
         marker_path = self._run_dir(task) / launcher.PROCESS_FILE
@@ -440,9 +448,56 @@ class ProcessRuntime:
         status = self._poll(task, uid)
         if status.state is EngineState.RUNNING:
             await self._ensure_bridge(task)
+            if status.pid is not None:
+                self._watch_exit(task, status.pid)  # an adopted engine: no-op when already watched
         elif status.state in (EngineState.EXITED, EngineState.LOST):
             await self._finish(task)
         return status
+
+    # -- exit notices ---------------------------------------------------------------------------
+
+    def on_exit(self, listener: Callable[[str], None]) -> None:
+        self._exit_listeners.append(listener)
+
+    def _watch_exit(self, task: str, pid: int) -> None:
+        """Watch the launcher `pid` of `task` through a pidfd (readable once the process ended)."""
+        watched = self._exit_watches.get(task)
+        if watched is not None:
+            if watched[0] == pid:
+                return
+            self._unwatch_exit(task)
+        if pid <= 1 or not hasattr(os, "pidfd_open"):
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # already gone (its exit is for poll to find), or no pidfd support here
+            return
+        loop = asyncio.get_running_loop()
+        self._exit_watches[task] = (pid, fd)
+        loop.add_reader(fd, self._exited, task, fd)
+        # The pid might have been reused between the record and the open: then it is not our launcher.
+        current = self._poll(task, None)
+        if current.state is not EngineState.RUNNING or current.pid != pid:
+            self._exited(task, fd)
+
+    def _exited(self, task: str, fd: int) -> None:
+        watched = self._exit_watches.get(task)
+        if watched is None or watched[1] != fd:
+            return
+        self._unwatch_exit(task)
+        for listener in self._exit_listeners:
+            try:
+                listener(task)
+            except Exception:
+                log.exception("task %s: an exit listener failed", task)
+
+    def _unwatch_exit(self, task: str) -> None:
+        watched = self._exit_watches.pop(task, None)
+        if watched is None:
+            return
+        with contextlib.suppress(RuntimeError, ValueError):  # the loop may be closed already
+            asyncio.get_running_loop().remove_reader(watched[1])
+        os.close(watched[1])
 
     # -- the host bridge and the sandbox's remains --------------------------------------------------
 
@@ -495,6 +550,8 @@ class ProcessRuntime:
 
     async def close(self) -> None:
         """Stop serving bridges and release held ports (node shutdown); engines keep running."""
+        for task in list(self._exit_watches):
+            self._unwatch_exit(task)
         for task in list(self._bridges):
             await self._close_bridge(task)
         for task in list(self._held):
